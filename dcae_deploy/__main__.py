@@ -1,0 +1,76 @@
+"""``python -m dcae_deploy``: list the model variants, or reconstruct an image through an autoencoder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dcae_deploy.cli import run_cli
+from dcae_deploy.errors import DcaeDeployError
+
+
+def _variants(args: argparse.Namespace) -> None:
+    import torch
+
+    from dcae_deploy.models.autoencoder import build_autoencoder
+    from dcae_deploy.variants import get_variant, list_variants
+
+    print(f"{'variant':<20} {'f':>4} {'latent':>6} {'scaling':>8} {'params':>14}  description")
+    for name in list_variants("autoencoder", include_tiny=args.all):
+        cfg = get_variant(name)
+        params = sum(p.numel() for p in build_autoencoder(cfg, device=torch.device("meta")).parameters())
+        print(
+            f"{name:<20} {cfg.spatial_compression_ratio:>4} {cfg.latent_channels:>6} {cfg.scaling_factor:>8g} "
+            f"{params:>14,}  {cfg.description}"
+        )
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dcae_deploy.models.autoencoder_io import load_autoencoder
+
+    model = load_autoencoder(args.checkpoint, args.variant)
+    try:
+        image = Image.open(args.image).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise DcaeDeployError(f"cannot read image {args.image}: {exc}") from exc
+    f = model.spatial_compression_ratio
+    width, height = image.width // f * f, image.height // f * f
+    if width == 0 or height == 0:
+        raise DcaeDeployError(f"image {args.image} is smaller than the compression ratio {f} of {model.config.name}")
+    pixels = np.asarray(image.crop((0, 0, width, height)), dtype=np.float32) / 127.5 - 1.0
+    with torch.no_grad():
+        x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+        latents = model.encode(x)
+        recon = model.decode(latents)
+    mse = torch.mean((recon.clamp(-1, 1) - x) ** 2 / 4).item()
+    out = ((recon[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(out).save(args.output)
+    psnr = 10 * np.log10(1.0 / max(mse, 1e-12))
+    print(f"{model.config.name}: {width}x{height} -> latent {tuple(latents.shape[1:])} -> {args.output}, PSNR {psnr:.2f} dB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dcae_deploy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("variants", help="list registered autoencoder variants with parameter counts")
+    p.add_argument("--all", action="store_true", help="include the tiny test variants")
+    p.set_defaults(func=_variants)
+    p = sub.add_parser("reconstruct", help="encode and decode an image with a local checkpoint")
+    p.add_argument("--checkpoint", required=True, help="diffusers folder, efficientvit file/folder or dcae_deploy save")
+    p.add_argument("--variant", default=None, help="variant the weights must fit (default: from the checkpoint)")
+    p.add_argument("--image", required=True)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=_reconstruct)
+    args = parser.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

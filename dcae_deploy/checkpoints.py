@@ -1,0 +1,121 @@
+"""Reading and writing weight files safely: safetensors or weights-only pickles, atomic writes, key checks.
+
+A checkpoint never executes code: ``.pt``/``.pth``/``.bin`` files load with ``torch.load(weights_only=True)``.
+Every write goes to a temporary file in the destination folder and is renamed into place, so an
+interrupted save never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dcae_deploy.errors import CheckpointError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# Containers that training scripts wrap a state dict in, tried in this order.
+_WRAPPER_KEYS = ("state_dict", "model", "module")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a ``.safetensors`` file or a weights-only pickle, on the CPU.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, corrupt or holds no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        return _read_pickle(path)
+    raise CheckpointError(
+        f"unsupported checkpoint file {path.name!r}: expected .safetensors or a PyTorch pickle "
+        f"({', '.join(PICKLE_SUFFIXES)})"
+    )
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises SafetensorError / OSError / ValueError on bad files
+        raise CheckpointError(
+            f"cannot read safetensors file {path}: {exc}. The file is corrupt or truncated; "
+            "download or export it again"
+        ) from exc
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot load {path} with torch.load(weights_only=True): {exc}. dcae_deploy never unpickles code; "
+            "a file that needs it must be converted to safetensors by its producer"
+        ) from exc
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return dict(obj)
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"config file not found: {path}") from exc
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot parse JSON config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"config {path} must hold a JSON object")
+    return data
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata=None) -> None:
+    """Write tensors to a safetensors file atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_write(Path(path), lambda tmp: save_file(flat, tmp, metadata=metadata))
+
+
+def describe_key_mismatch(
+    source: str, variant: str, missing: Iterable[str], unexpected: Iterable[str], shown: int = 8
+) -> str:
+    """One message listing missing and unexpected keys (the first ``shown`` of each, and how many)."""
+    parts = [f"checkpoint {source} does not fit variant {variant!r}"]
+    for label, keys in (("missing", sorted(missing)), ("unexpected", sorted(unexpected))):
+        if keys:
+            more = f" ... and {len(keys) - shown} more" if len(keys) > shown else ""
+            parts.append(f"{len(keys)} {label} keys: {', '.join(keys[:shown])}{more}")
+    return "; ".join(parts)

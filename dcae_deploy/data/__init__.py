@@ -1,0 +1,1 @@
+"""Procedural captioned image data (coloured shapes) and a simple judge for generated images."""
