@@ -64,6 +64,11 @@ def average_channel_groups(x: torch.Tensor, out_channels: int) -> torch.Tensor:
     return x.unflatten(1, (out_channels, -1)).mean(dim=2)
 
 
+def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour 2x upsampling as expand + reshape: no Resize op (TensorRT has no bf16 Resize)."""
+    return x[:, :, :, None, :, None].expand(-1, -1, -1, 2, -1, 2).flatten(4, 5).flatten(2, 3)
+
+
 def duplicate_channels(x: torch.Tensor, repeats: int) -> torch.Tensor:
     """Repeat each channel ``repeats`` times consecutively (``repeat_interleave`` on dim 1, export-friendly)."""
     if repeats == 1:
@@ -201,7 +206,7 @@ class UpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.interpolate:
-            y = self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+            y = self.conv(upsample_nearest_2x(x))
         else:
             y = F.pixel_shuffle(self.conv(x), 2)
         if self.shortcut:
