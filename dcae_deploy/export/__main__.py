@@ -1,0 +1,50 @@
+"""``python -m dcae_deploy.export``: ONNX graphs + manifest for a model variant, gated on parity with PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dcae_deploy.cli import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dcae_deploy.export import DEFAULT_RESOLUTION, PRECISIONS
+
+    d = DEFAULT_RESOLUTION
+    p = argparse.ArgumentParser(prog="python -m dcae_deploy.export", description=__doc__)
+    p.add_argument("--model", required=True, help="variant name, e.g. f32c32-sana (python -m dcae_deploy variants)")
+    p.add_argument("--checkpoint", default=None, help="local weights; without it, random weights (structure check)")
+    p.add_argument("--components", default=None, help="comma-separated subset, e.g. encoder,decoder (default: all)")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    p.add_argument("--min-res", type=int, default=None, help=f"smallest image side in pixels (default {d.min_res})")
+    p.add_argument("--opt-res", type=int, default=None, help=f"image side engines optimise for (default {d.opt_res})")
+    p.add_argument("--max-res", type=int, default=None, help=f"largest image side in pixels (default {d.max_res})")
+    p.add_argument("--max-batch", type=int, default=None, help=f"largest batch (default {d.max_batch})")
+    p.add_argument("--output", required=True, help="output folder for the graphs, manifest.json and parity.json")
+    p.add_argument("--verbose", action="store_true", help="show the exporter's own output")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dcae_deploy.export import export_model
+
+    args = build_parser().parse_args(argv)
+    components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
+    export_model(
+        args.model,
+        args.output,
+        checkpoint=args.checkpoint,
+        components=components,
+        precision=args.precision,
+        min_res=args.min_res,
+        opt_res=args.opt_res,
+        max_res=args.max_res,
+        max_batch=args.max_batch,
+        verbose=args.verbose,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
