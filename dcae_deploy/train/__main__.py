@@ -1,0 +1,153 @@
+"""``python -m dcae_deploy.train autoencoder|denoiser ...``: one training run, alone or under torchrun.
+
+Examples::
+
+    python -m dcae_deploy.train autoencoder --phase low_res_full --variant tiny-f32c32-sana \\
+        --data shapes --steps 200 --batch-size 8 --resolution 64 --out runs/ae-p1
+    python -m dcae_deploy.train autoencoder --phase high_res_latent_adaptation --variant tiny-f32c32-sana \\
+        --init runs/ae-p1/final --data folder:images/ --out runs/ae-p2
+    torchrun --nproc_per_node 2 -m dcae_deploy.train denoiser --variant tiny-sana \\
+        --autoencoder runs/ae-p3/final/ema --data shapes --resolution 64 --out runs/dit
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dcae_deploy.cli import run_cli
+from dcae_deploy.errors import DcaeDeployError
+
+
+def _loop_config(args: argparse.Namespace, steps: int, batch_size: int):
+    from dcae_deploy.train.loop import LoopConfig
+
+    return LoopConfig(
+        steps=steps, batch_size=batch_size, seed=args.seed, ema_decay=args.ema_decay, grad_clip=args.grad_clip,
+        warmup_steps=args.warmup_steps, amp=args.amp, log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        num_workers=args.num_workers, device=args.device,
+    )
+
+
+def _autoencoder(args: argparse.Namespace, info) -> None:
+    from dcae_deploy.models.autoencoder import build_autoencoder
+    from dcae_deploy.models.autoencoder_io import load_autoencoder
+    from dcae_deploy.train.autoencoder import AutoencoderTask, phase_config
+    from dcae_deploy.train.data import image_dataset
+    from dcae_deploy.train.loop import run_training, seed_everything
+    from dcae_deploy.train.perceptual import LPIPS
+
+    betas = tuple(args.betas) if args.betas else None
+    phase = phase_config(
+        args.phase, resolution=args.resolution, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+        betas=betas, weight_decay=args.weight_decay,
+    )
+    seed_everything(args.seed)
+    if args.init:
+        model = load_autoencoder(args.init, args.variant)
+    else:
+        if args.phase != "low_res_full" and info.is_main:
+            print(f"warning: phase {args.phase} starts from random weights (no --init)", flush=True)
+        model = build_autoencoder(args.variant)
+    perceptual = LPIPS.from_files(args.lpips_weights) if args.lpips_weights else None
+    task = AutoencoderTask(model, phase, perceptual, ", ".join(args.lpips_weights or []))
+    dataset = image_dataset(args.data, phase.resolution, length=args.num_images, seed=args.seed)
+    run_training(task, dataset, _loop_config(args, phase.steps, phase.batch_size), args.out,
+                 resume=args.resume, info=info)
+
+
+def _denoiser(args: argparse.Namespace, info) -> None:
+    from dcae_deploy.models.autoencoder_io import load_autoencoder
+    from dcae_deploy.models.denoiser import build_denoiser, load_denoiser
+    from dcae_deploy.train.data import LatentDataset, cache_latents, image_dataset
+    from dcae_deploy.train.denoiser import DenoiserTask, FlowMatchingConfig
+    from dcae_deploy.train.distributed import barrier
+    from dcae_deploy.train.loop import run_training, seed_everything
+    from dcae_deploy.train.text import load_caption_encoder
+
+    cfg = FlowMatchingConfig(
+        steps=args.steps or 10_000, batch_size=args.batch_size or 16, lr=args.lr or 1e-4,
+        betas=tuple(args.betas) if args.betas else (0.9, 0.999), weight_decay=args.weight_decay or 0.0,
+        shift=args.shift, caption_dropout=args.caption_dropout,
+    )
+    latents = Path(args.latents) if args.latents else Path(args.out) / "latents"
+    if not args.latents:
+        if not args.autoencoder:
+            raise DcaeDeployError("denoiser training needs --latents DIR or --autoencoder CKPT to cache latents from --data")
+        if info.is_main:
+            ae = load_autoencoder(args.autoencoder)
+            images = image_dataset(args.data, args.resolution or 256, length=args.num_images, seed=args.seed)
+            print(f"caching latents of {len(images)} images at {images[0]['image'].shape[-1]}px -> {latents}", flush=True)
+            cache_latents(ae, images, device=info.device).save(latents, {"autoencoder": str(args.autoencoder)})
+        barrier(info)
+    dataset = LatentDataset.load(latents)
+    seed_everything(args.seed)
+    model = load_denoiser(args.init, args.variant) if args.init else build_denoiser(args.variant)
+    if dataset.latents.shape[1] != model.config.in_channels:
+        raise DcaeDeployError(
+            f"latents have {dataset.latents.shape[1]} channels; {model.config.name} expects {model.config.in_channels}"
+        )
+    encoder = load_caption_encoder(args.text_encoder, model.config.caption_channels)
+    task = DenoiserTask(model, cfg, encoder, encoder_name=args.text_encoder)
+    run_training(task, dataset, _loop_config(args, cfg.steps, cfg.batch_size), args.out,
+                 resume=args.resume, info=info)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", required=True, help="registered variant name (python -m dcae_deploy variants --all)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints/, loss_log.csv, loss_curve.png, final/")
+    p.add_argument("--data", default="shapes", help="'shapes' or 'folder:PATH' (images + optional captions.jsonl)")
+    p.add_argument("--num-images", type=int, default=10_000, help="size of the procedural shapes set")
+    p.add_argument("--init", help="initial weights (a checkpoint folder the model's loader reads)")
+    p.add_argument("--resume", help="a run folder or checkpoint step folder to continue exactly")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--resolution", type=int, help="image crop size (pixels)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--betas", type=float, nargs=2)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--amp", default="bfloat16", choices=("bfloat16", "float16", "none"), help="GPU only")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--keep-checkpoints", type=int, default=3)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dcae_deploy.train.autoencoder import PHASES
+    from dcae_deploy.train.distributed import init_distributed, shutdown
+
+    parser = argparse.ArgumentParser(prog="python -m dcae_deploy.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("autoencoder", help="one DC-AE training phase")
+    p.add_argument("--phase", required=True, choices=PHASES)
+    p.add_argument("--lpips-weights", nargs="+", help="local VGG16 + LPIPS weight file(s); without them no perceptual loss")
+    _common(p)
+    p.set_defaults(func=_autoencoder)
+    p = sub.add_parser("denoiser", help="flow-matching training of a SANA denoiser on cached latents")
+    p.add_argument("--latents", help="a latent cache folder (default: cache --data into OUT/latents)")
+    p.add_argument("--autoencoder", help="DC-AE checkpoint used to cache latents")
+    p.add_argument("--text-encoder", default="hash", help="'hash' (placeholder) or 'package.module:factory'")
+    p.add_argument("--shift", type=float, default=3.0)
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    _common(p)
+    p.set_defaults(func=_denoiser)
+    args = parser.parse_args(argv)
+    info = init_distributed(args.device)
+    try:
+        args.func(args, info)
+    finally:
+        shutdown(info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

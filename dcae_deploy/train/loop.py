@@ -1,0 +1,411 @@
+"""The shared training loop: single process or ``torchrun`` DDP, AdamW, EMA, AMP (GPU only), gradient
+clipping, rank-0 CSV log + progress line + loss-curve PNG, atomic checkpoints and exact resume.
+
+A *task* (:class:`TrainTask`) owns the models and the losses; the loop owns everything else. Exact
+resume: weights, optimizer states, EMA, step and every rank's RNG states are checkpointed, and the
+data order is a pure function of (seed, step, rank), so the step after a resume computes the same
+loss, bit for bit, as the uninterrupted run (same world size; on CPU, and on GPU as far as its kernels
+are deterministic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import random
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from dcae_deploy.errors import CheckpointError, DcaeDeployError
+from dcae_deploy.train import checkpointing as ckpt
+from dcae_deploy.train.distributed import (
+    DistInfo,
+    barrier,
+    init_distributed,
+    mean_over_ranks,
+    shutdown,
+)
+from dcae_deploy.train.logs import LossLog, Progress, plot_losses
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """AdamW hyperparameters of one trained module."""
+
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Run-level settings. ``batch_size`` is per process (global batch = batch_size x world size)."""
+
+    steps: int
+    batch_size: int
+    seed: int = 0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0  # max global grad norm per module; <= 0 disables clipping
+    warmup_steps: int = 0  # linear learning-rate warmup
+    amp: str = "bfloat16"  # autocast dtype on GPU ("bfloat16", "float16" or "none"); never on CPU
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 3
+    num_workers: int = 0
+    device: str | None = None  # None: CUDA when available
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise DcaeDeployError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if self.amp not in ("bfloat16", "float16", "none"):
+            raise DcaeDeployError(f"amp must be 'bfloat16', 'float16' or 'none', got {self.amp!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise DcaeDeployError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+class TrainTask(Protocol):
+    """What the loop trains. ``modules()["model"]`` is the model the EMA tracks and ``save_final`` writes."""
+
+    name: str
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Every module to train and checkpoint, by name; trainable = ``requires_grad`` parameters."""
+
+    def optim_spec(self, module: str) -> OptimSpec: ...
+
+    def describe(self) -> str:
+        """Printed by rank 0 at the start (what trains, which losses are on)."""
+
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-serialisable configuration stored in every checkpoint."""
+
+    def losses(self, nets: Mapping[str, nn.Module], batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """One step's losses: ``({module: loss}, {term: value})``.
+
+        ``nets`` are the (possibly DDP-wrapped) modules. Each loss is backpropagated into its module in
+        the dict's order, and that module's optimizer steps (a GAN lists the generator first).
+        """
+
+    def save_final(self, folder: Path, model: nn.Module) -> None:
+        """Write ``model`` in its loadable format (``folder`` is created by the caller)."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]  # rank-0 (rank-averaged) loss terms of the steps run in this call
+    step: int  # steps completed
+    out_dir: Path
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class EMA:
+    """Exponential moving average of a module's trained parameters; buffers are copied, frozen
+    parameters (which never change during a run) are left as they were at the start.
+
+    The decay warms up as ``min(decay, (1 + step) / (10 + step))`` so short runs do not keep an EMA
+    stuck at the initial weights.
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        pairs = [(self.shadow[k], p) for k, p in module.named_parameters() if p.requires_grad]
+        if pairs:
+            torch._foreach_lerp_([s for s, _ in pairs], [p.detach() for _, p in pairs], 1.0 - decay)
+        for k, b in module.named_buffers():
+            if k in self.shadow:
+                self.shadow[k].copy_(b)
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
+
+
+class StepBatchSampler:
+    """Infinite batches of dataset keys; the batch of step ``s`` on rank ``r`` depends only on (seed, s, r).
+
+    Epoch ``e`` is ``DistributedSampler(seed, epoch=e)``'s shuffled shard cut into full batches; a
+    resume at step ``s`` starts inside its epoch without touching the skipped items. Keys are
+    ``(index, draw_seed)`` pairs, so random augmentations are reproducible too (see
+    :class:`dcae_deploy.train.data.ImageFolderDataset`).
+    """
+
+    def __init__(self, dataset: Dataset, info: DistInfo, batch_size: int, seed: int, start_step: int) -> None:
+        self.sampler = DistributedSampler(
+            dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.batch_size, self.seed, self.start_step = batch_size, seed, start_step
+        self.batches_per_epoch = len(self.sampler) // batch_size
+        if self.batches_per_epoch == 0:
+            raise DcaeDeployError(
+                f"dataset of {len(dataset)} items is too small for batch size {batch_size} on "  # type: ignore[arg-type]
+                f"{info.world_size} process(es): it needs at least {batch_size * info.world_size} items"
+            )
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, offset = divmod(self.start_step, self.batches_per_epoch)
+        while True:
+            self.sampler.set_epoch(epoch)
+            indices = list(self.sampler)
+            for b in range(offset, self.batches_per_epoch):
+                chunk = indices[b * self.batch_size : (b + 1) * self.batch_size]
+                yield [(i, _draw_seed(self.seed, epoch, i)) for i in chunk]
+            epoch, offset = epoch + 1, 0
+
+
+def _draw_seed(seed: int, epoch: int, index: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def set_train_mode(module: nn.Module) -> None:
+    """``train()``, except normalisation layers whose parameters are all frozen stay in eval mode
+    (frozen BatchNorm must not update its running statistics)."""
+    module.train()
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase):
+            params = list(m.parameters(recurse=False))
+            if not any(p.requires_grad for p in params):
+                m.eval()
+
+
+def trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def param_checksum(module: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (names and bytes), to compare replicas."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _autocast(info: DistInfo, amp: str):
+    if info.device.type != "cuda" or amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=getattr(torch, amp))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def run_training(
+    task: TrainTask,
+    dataset: Dataset,
+    cfg: LoopConfig,
+    out_dir: str | Path,
+    *,
+    resume: str | Path | None = None,
+    info: DistInfo | None = None,
+) -> TrainResult:
+    """Train ``task`` on ``dataset`` for ``cfg.steps`` steps in total (a resume continues the count).
+
+    Writes to ``out_dir``: ``checkpoints/step-*/``, ``loss_log.csv``, ``loss_curve.png`` and ``final/``
+    (the model and ``final/ema/`` via ``task.save_final``). Under torchrun, every rank calls this.
+    """
+    out_dir = Path(out_dir)
+    own_group = info is None
+    info = info or init_distributed(cfg.device)
+    try:
+        return _run(task, dataset, cfg, out_dir, resume, info)
+    finally:
+        if own_group:
+            shutdown(info)
+
+
+def _run(task: TrainTask, dataset: Dataset, cfg: LoopConfig, out_dir: Path, resume, info: DistInfo) -> TrainResult:
+    modules = task.modules()
+    if "model" not in modules:
+        raise ValueError(f"task {task.name} must provide a module named 'model'")
+    for m in modules.values():
+        m.to(info.device)
+    nets: dict[str, nn.Module] = {}
+    for name, m in modules.items():
+        if info.distributed and trainable(m):
+            ids = [info.local_rank] if info.device.type == "cuda" else None
+            nets[name] = DistributedDataParallel(m, device_ids=ids)
+        else:
+            nets[name] = m
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    for name, m in modules.items():
+        if trainable(m):
+            spec = task.optim_spec(name)
+            optimizers[name] = torch.optim.AdamW(
+                trainable(m), lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay
+            )
+    if not optimizers:
+        raise DcaeDeployError(f"task {task.name} has no trainable parameters")
+    scaler = torch.amp.GradScaler("cuda") if info.device.type == "cuda" and cfg.amp == "float16" else None
+    ema = EMA(modules["model"], cfg.ema_decay)
+    run_config = {
+        "task": task.name,
+        "task_config": task.config_dict(),
+        "loop_config": dataclasses.asdict(cfg),
+        "world_size": info.world_size,
+    }
+
+    seed_everything(cfg.seed + 1_000_003 * info.rank)  # per-rank noise; replicas were broadcast by DDP
+    start = 0
+    if resume is not None:
+        start = _restore(ckpt.resolve_checkpoint(Path(resume)), info, task, modules, optimizers, ema, scaler)
+    if start >= cfg.steps:
+        raise DcaeDeployError(f"checkpoint is at step {start}, nothing left to do for steps={cfg.steps}")
+
+    loader = DataLoader(
+        dataset,
+        batch_sampler=StepBatchSampler(dataset, info, cfg.batch_size, cfg.seed, start),
+        num_workers=cfg.num_workers,
+        pin_memory=info.device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
+        persistent_workers=cfg.num_workers > 0,
+    )
+    log = LossLog(out_dir / "loss_log.csv", start) if info.is_main else None
+    progress = Progress(cfg.steps, start, cfg.log_every)
+    if info.is_main:
+        print(f"[{task.name}] {info.world_size} process(es) on {info.device}, steps {start}->{cfg.steps}, "
+              f"batch {cfg.batch_size}/process, EMA {cfg.ema_decay}", flush=True)
+        print(task.describe(), flush=True)
+    for m in modules.values():
+        set_train_mode(m)
+
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    batches = iter(loader)
+    for step in range(start, cfg.steps):
+        batch = _to_device(next(batches), info.device)
+        lr_scale = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+        with _autocast(info, cfg.amp):
+            losses, terms = task.losses(nets, batch)
+        for name, loss in losses.items():
+            opt = optimizers[name]
+            for group in opt.param_groups:
+                group["lr"] = task.optim_spec(name).lr * lr_scale
+            opt.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(opt)
+            if cfg.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(trainable(modules[name]), cfg.grad_clip)
+                terms[f"grad_norm_{name}"] = float(norm)
+            if scaler:
+                scaler.step(opt)
+            else:
+                opt.step()
+        if scaler:
+            scaler.update()
+        ema.update(modules["model"], step)
+        terms = mean_over_ranks(info, terms)
+        lr = task.optim_spec("model").lr * lr_scale
+        if log is not None:
+            log.append(step, terms, lr, time.perf_counter() - t0)
+            history.append({"step": step, **terms})
+            progress.update(step, terms, lr)
+        done = step + 1
+        if done == cfg.steps or (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0):
+            _save(out_dir, done, info, modules, ema, optimizers, run_config, cfg, scaler)
+
+    if info.distributed:
+        (out_dir / "replicas").mkdir(parents=True, exist_ok=True)
+        sums = "".join(f"{name} {param_checksum(m)}\n" for name, m in modules.items())
+        (out_dir / "replicas" / f"rank{info.rank}.sha256").write_text(sums)
+    if info.is_main:
+        final = out_dir / "final"
+        final.mkdir(parents=True, exist_ok=True)
+        task.save_final(final, modules["model"])
+        ema_model = _ema_copy(modules["model"], ema)
+        (final / "ema").mkdir(exist_ok=True)
+        task.save_final(final / "ema", ema_model)
+        if log is not None:
+            plot_losses(log.rows, out_dir / "loss_curve.png")
+        print(f"[{task.name}] wrote {final} and {out_dir / 'loss_curve.png'}", flush=True)
+    barrier(info)
+    return TrainResult(history=history, step=cfg.steps, out_dir=out_dir)
+
+
+def _ema_copy(model: nn.Module, ema: EMA) -> nn.Module:
+    import copy
+
+    clone = copy.deepcopy(model)
+    clone.load_state_dict(ema.shadow)
+    return clone.eval()
+
+
+def _save(out_dir, step, info, modules, ema, optimizers, run_config, cfg, scaler) -> None:
+    folder = ckpt.step_folder(out_dir / "checkpoints", step)
+    ckpt.save_checkpoint(
+        folder, rank=info.rank, step=step, world_size=info.world_size, modules=modules,
+        ema=ema.shadow, optimizers=optimizers, config=run_config,
+    )
+    if scaler is not None and info.is_main:
+        ckpt.torch_save_atomic(scaler.state_dict(), folder / "grad_scaler.pt")
+    barrier(info)
+    if info.is_main:
+        ckpt.finish_checkpoint(folder, step, info.world_size, cfg.keep_checkpoints)
+    barrier(info)
+
+
+def _restore(folder: Path, info: DistInfo, task, modules, optimizers, ema, scaler) -> int:
+    data = ckpt.load_checkpoint(folder, info.rank)
+    saved_task = data["config"].get("task")
+    if saved_task != task.name:
+        raise CheckpointError(f"checkpoint {folder} was written by task {saved_task!r}, not {task.name!r}")
+    for name, module in modules.items():
+        if name not in data["weights"]:
+            raise CheckpointError(f"checkpoint {folder} has no weights for {name!r}")
+        try:
+            module.load_state_dict(data["weights"][name])
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint {folder}: {name} weights do not fit: {exc}") from exc
+    ema.load(data["ema"])
+    for name, opt in optimizers.items():
+        if name not in data["optimizers"]:
+            raise CheckpointError(f"checkpoint {folder} has no optimizer state for {name!r}")
+        opt.load_state_dict(data["optimizers"][name])
+    if scaler is not None and (folder / "grad_scaler.pt").is_file():
+        scaler.load_state_dict(ckpt.torch_load_weights_only(folder / "grad_scaler.pt"))
+    saved_world = data["state"].get("world_size")
+    if data["rng"] is not None and saved_world == info.world_size:
+        ckpt.set_rng_state(data["rng"])
+    elif info.is_main:
+        print(f"warning: checkpoint from {saved_world} process(es), resuming on {info.world_size}: "
+              "training continues but not bit-exactly", flush=True)
+    step = int(data["state"]["step"])
+    if info.is_main:
+        print(f"resumed from {folder} at step {step}", flush=True)
+    return step
