@@ -140,3 +140,12 @@ def test_full_f32c32_sana_exports_and_passes_the_gate(tmp_path):
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["passed"] and all(r["rel_l2"] <= 1e-4 for r in report["records"])
     assert manifest.components["decoder"].profiles["latent"].max == (2, 32, 16, 16)
+    # ... and its decoder builds into a TensorRT-RTX engine on this CPU-only machine (ahead of time).
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx not installed")
+    from dcae_deploy.engines import build_engines
+
+    engines = build_engines(tmp_path, backend="tensorrt-rtx", components=["decoder"], progress=False)
+    plan = engines["decoder"].path if hasattr(engines["decoder"], "path") else None
+    assert engines["decoder"] is not None
+    plans = list((tmp_path / "engines").glob("*/decoder.plan"))
+    assert len(plans) == 1 and plans[0].stat().st_size > 100e6, plan

@@ -1,0 +1,171 @@
+"""Backends, build targets and errors shared by the engine builder, the sidecar reader and the script writer.
+
+Two backends drive the same build code: full TensorRT (``import tensorrt``; builds for the GPU it runs
+on) and TensorRT-RTX (``import tensorrt_rtx``; builds ahead of time, without a GPU, for a set of RTX
+compute capabilities). Both are imported lazily so that the rest of dcae_deploy works without them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from types import ModuleType
+
+from dcae_deploy.errors import DcaeDeployError
+
+TENSORRT = "tensorrt"
+TENSORRT_RTX = "tensorrt-rtx"
+BACKENDS = (TENSORRT, TENSORRT_RTX)
+_MODULES = {TENSORRT: "tensorrt", TENSORRT_RTX: "tensorrt_rtx"}
+INSTALL_HINT = (
+    "install TensorRT-RTX with `pip install tensorrt-rtx-cu13==1.7.1.116` (Linux/Windows; builds engines "
+    "without a GPU), or full TensorRT from NVIDIA's package index (`pip install tensorrt`, builds on a GPU)"
+)
+
+# Folder-name tag of a TensorRT-RTX build with no explicit compute capability: the library's portable
+# default, which runs on compute capability 8.6, 8.9, 12.0, 12.1 and later (Ampere and newer RTX GPUs).
+PORTABLE_TARGET = "sm86+"
+
+
+class EngineBuildError(DcaeDeployError):
+    """An engine that cannot be built: no backend, a graph the parser rejects, a bad profile or target."""
+
+
+class EngineInfoError(DcaeDeployError):
+    """An engine folder whose sidecars or plans are missing, malformed or changed after the build."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An imported TensorRT flavour: ``name`` is one of :data:`BACKENDS`, ``trt`` the Python module."""
+
+    name: str
+    trt: ModuleType
+    version: str
+
+    @property
+    def is_rtx(self) -> bool:
+        return self.name == TENSORRT_RTX
+
+
+def load_backend(name: str | None = None) -> Backend:
+    """Import ``tensorrt`` or ``tensorrt_rtx``; ``None``/``"auto"`` prefers full TensorRT when both exist."""
+    if name in (None, "auto"):
+        candidates = list(BACKENDS)
+    elif name in BACKENDS:
+        candidates = [name]
+    else:
+        raise EngineBuildError(f"unknown backend {name!r}: choose one of auto, {', '.join(BACKENDS)}")
+    failures = []
+    for candidate in candidates:
+        try:
+            module = importlib.import_module(_MODULES[candidate])
+        except ImportError as exc:  # also OSError-like failures of the native libs surface as ImportError
+            failures.append(f"`import {_MODULES[candidate]}` failed ({exc})")
+            continue
+        return Backend(candidate, module, str(getattr(module, "__version__", "unknown")))
+    raise EngineBuildError(f"no TensorRT backend available: {'; '.join(failures)}. To build engines, {INSTALL_HINT}")
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """Which GPUs an engine is for.
+
+    ``name`` goes into the engine folder name. ``compute_capabilities`` lists the TensorRT-RTX
+    ``ComputeCapability`` members to set (``("SM86", "SM89")``, ``("CURRENT",)``); empty means the
+    backend's default (TensorRT-RTX: portable to 8.6+; TensorRT: the GPU the build runs on).
+    """
+
+    name: str
+    compute_capabilities: tuple[str, ...] = ()
+
+    @property
+    def cli_value(self) -> str | None:
+        """The ``--computeCapabilities=`` value of the ``tensorrt_rtx`` command-line tool, if any."""
+        ccs = [c for c in self.compute_capabilities if c.startswith("SM")]
+        return ",".join(c[2:] for c in ccs) or None
+
+
+def _normalise_cc(token: str) -> str | None:
+    """``"8.6"``, ``"86"``, ``"sm86"``, ``"sm_86"``, ``"SM86"`` -> ``"SM86"``; ``"12.0"`` -> ``"SM120"``."""
+    token = token.strip().lower().removeprefix("sm").lstrip("_")
+    match = re.fullmatch(r"(\d+)\.(\d)", token)
+    if match:
+        return f"SM{match.group(1)}{match.group(2)}"
+    if re.fullmatch(r"\d{2,3}", token):
+        return f"SM{token}"
+    return None
+
+
+def _cc_label(member: str) -> str:
+    digits = member[2:]
+    return f"{digits[:-1]}.{digits[-1]}"
+
+
+def resolve_target(backend: Backend, spec: str | None = None) -> BuildTarget:
+    """Turn a ``--compute-capability`` value into a :class:`BuildTarget` for ``backend``.
+
+    TensorRT-RTX: ``None``/``"portable"`` -> the library default (8.6 and later, no GPU needed);
+    ``"current"`` -> the GPU of this machine; ``"8.6,8.9,12.0"`` -> exactly those architectures.
+    Full TensorRT always builds for the GPU it runs on, so it accepts only ``None``/``"current"``.
+    """
+    spec = spec.strip().lower() if spec else None
+    if not backend.is_rtx:
+        if spec not in (None, "current"):
+            raise EngineBuildError(
+                f"--compute-capability {spec!r} needs TensorRT-RTX: full TensorRT builds for the GPU it runs on "
+                "(run the build on the target GPU, or use --backend tensorrt-rtx)"
+            )
+        return BuildTarget(detect_gpu_target() or "gpu")
+    if spec in (None, "portable", "default"):
+        return BuildTarget(PORTABLE_TARGET)
+    if spec == "current":
+        return BuildTarget(detect_gpu_target() or "current", ("CURRENT",))
+    supported = [m for m in backend.trt.ComputeCapability.__members__ if m.startswith("SM")]
+    chosen: list[str] = []
+    for token in spec.split(","):
+        member = _normalise_cc(token)
+        if member not in supported:
+            raise EngineBuildError(
+                f"compute capability {token.strip()!r} is not a TensorRT-RTX {backend.version} target; it supports "
+                f"{', '.join(_cc_label(m) for m in supported)} (RTX GPUs), 'current' (this machine's GPU) "
+                f"or 'portable' (the default: {PORTABLE_TARGET})"
+            )
+        if member not in chosen:
+            chosen.append(member)
+    chosen.sort(key=lambda m: int(m[2:]))
+    return BuildTarget("-".join(m.lower() for m in chosen), tuple(chosen))
+
+
+def detect_gpu_target() -> str | None:
+    """``"sm89"`` for the first CUDA GPU of this machine, or ``None`` when none is visible."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return f"sm{major}{minor}"
+    except Exception:  # noqa: BLE001, S110 - a CPU-only or broken torch build: fall back to nvidia-smi
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"sm{out[0].replace('.', '')}" if out and re.fullmatch(r"\d+\.\d", out[0]) else None
+
+
+def engine_folder_name(backend: Backend, target: BuildTarget, precision: str) -> str:
+    """``tensorrt-rtx-1.7.1.116-sm86+-fp16``: backend, its version, GPU target, precision."""
+    return f"{backend.name}-{backend.version}-{target.name}-{precision}"
