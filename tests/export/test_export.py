@@ -144,8 +144,6 @@ def test_full_f32c32_sana_exports_and_passes_the_gate(tmp_path):
     pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx not installed")
     from dcae_deploy.engines import build_engines
 
-    engines = build_engines(tmp_path, backend="tensorrt-rtx", components=["decoder"], progress=False)
-    plan = engines["decoder"].path if hasattr(engines["decoder"], "path") else None
-    assert engines["decoder"] is not None
-    plans = list((tmp_path / "engines").glob("*/decoder.plan"))
-    assert len(plans) == 1 and plans[0].stat().st_size > 100e6, plan
+    info = build_engines(tmp_path, backend="tensorrt-rtx", components=["decoder"], progress=False)["decoder"]
+    assert info.plan_path.is_file() and info.plan_bytes > 100e6  # fp32 weights alone are 637 MB
+    assert info.variant == "f32c32-sana" and info.backend == "tensorrt-rtx"
