@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are read, so that manifest/JSON users stay torch-free
+    import torch
 
 from dcae_deploy.errors import CheckpointError
 
@@ -55,6 +56,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -84,7 +87,14 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Create or replace ``path`` atomically: ``write(tmp)`` fills a temporary file in the same folder,
+    which is then renamed onto ``path`` (parent folders are created).
+
+    If ``write`` raises (or the process is interrupted), the temporary file is removed and an existing
+    ``path`` is left untouched. The new file gets the usual permissions (``0o666`` minus the umask).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -97,6 +107,9 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+_atomic_write = atomic_write  # old private name (engines/build.py and engines/script.py imported it); drop when unused
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -105,7 +118,7 @@ def _umask() -> int:
 
 def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
     """Write JSON atomically (temp file + rename)."""
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata=None) -> None:
@@ -113,7 +126,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tenso
     from safetensors.torch import save_file
 
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(Path(path), lambda tmp: save_file(flat, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
 def describe_key_mismatch(

@@ -14,7 +14,7 @@ architecture, small enough for fast CPU tests.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dcae_deploy.errors import UnknownVariantError
@@ -541,5 +541,227 @@ register(
         cross_attention_head_dim=32,
         caption_channels=64,
         description="narrow SANA linear DiT for tests",
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text-encoder variants
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """A caption encoder: prompt -> (tokens, hidden_size) states that the denoiser cross-attends to.
+
+    ``family`` picks the implementation: ``"word"`` is the demo's own small transformer over a word
+    vocabulary (:mod:`dcae_deploy.models.text_encoder`); ``"gemma2"`` is Gemma-2 through ``transformers``
+    from a local folder (``arch`` holds the ``Gemma2Config`` keyword arguments).
+    """
+
+    kind = "text_encoder"
+
+    name: str
+    family: Literal["word", "gemma2"]
+    hidden_size: int
+    max_length: int
+    num_layers: int = 2
+    num_heads: int = 4
+    ffn_ratio: float = 2.0
+    vocab_size: int = 0  # word family: size of the vocabulary (specials included)
+    arch: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TextEncoderConfig":
+        return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text-to-image pipelines: which autoencoder, denoiser and text encoder work together
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A text-to-image model: names of its three parts plus its sampling defaults.
+
+    A pipeline checkpoint is a folder with ``vae/``, ``transformer/`` and ``text_encoder/`` (and
+    ``tokenizer/``) sub-folders, as ``diffusers.SanaPipeline.save_pretrained`` writes.
+    """
+
+    kind = "pipeline"
+
+    name: str
+    autoencoder: str
+    denoiser: str
+    text_encoder: str
+    height: int = 1024
+    width: int = 1024
+    steps: int = 20
+    guidance_scale: float = 4.5
+    flow_shift: float = 3.0
+    sampler: Literal["dpm-solver++", "euler"] = "dpm-solver++"
+    description: str = ""
+
+    def parts(self) -> dict[str, Any]:
+        """The configs of the three parts, looked up in the registry."""
+        return {
+            "autoencoder": get_variant(self.autoencoder, kind="autoencoder"),
+            "denoiser": get_variant(self.denoiser, kind="denoiser"),
+            "text_encoder": get_variant(self.text_encoder, kind="text_encoder"),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- demo model: trained by this project on the procedural shapes set (dcae_deploy/demo/) -------
+
+DEMO_VOCABULARY = (
+    ("a", "an", "on", "background")
+    + ("red", "orange", "yellow", "green", "blue", "purple", "white", "black")
+    + ("circle", "square", "triangle", "star")
+)
+
+register(
+    _sana_config(
+        "demo-f32c32",
+        (16, 32, 64, 64, 128, 128),
+        (1, 1, 1, 1, 1, 1),
+        (1, 1, 1, 1, 1, 1),
+        "small f32c32 DC-AE (SANA family) of the shipped demo model, trained on 128px procedural shapes",
+    )
+)
+register(
+    DenoiserConfig(
+        "demo-denoiser",
+        num_attention_heads=4,
+        attention_head_dim=32,
+        num_layers=6,
+        num_cross_attention_heads=4,
+        cross_attention_head_dim=32,
+        caption_channels=128,
+        sample_size=4,
+        description="small SANA linear DiT of the shipped demo model",
+    )
+)
+register(
+    TextEncoderConfig(
+        "demo-text",
+        family="word",
+        hidden_size=128,
+        max_length=16,
+        num_layers=2,
+        num_heads=4,
+        vocab_size=3 + len(DEMO_VOCABULARY),
+        description="the demo's own small transformer text encoder over a 19-word vocabulary",
+    )
+)
+register(
+    PipelineConfig(
+        "demo",
+        autoencoder="demo-f32c32",
+        denoiser="demo-denoiser",
+        text_encoder="demo-text",
+        height=128,
+        width=128,
+        steps=20,
+        guidance_scale=4.0,
+        description="shipped demo: coloured shapes from captions ('a red circle on a blue background')",
+    )
+)
+
+
+# --- SANA text-to-image: Gemma-2 text encoder and the pipelines (export helper) -----------------
+
+register(
+    TextEncoderConfig(
+        "gemma-2-2b-it",
+        family="gemma2",
+        hidden_size=2304,
+        max_length=300,
+        arch=dict(
+            vocab_size=256000,
+            intermediate_size=9216,
+            num_hidden_layers=26,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=256,
+            query_pre_attn_scalar=256,
+            sliding_window=4096,
+            max_position_embeddings=8192,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            hidden_activation="gelu_pytorch_tanh",
+        ),
+        description="Gemma-2-2B-IT (Efficient-Large-Model/gemma-2-2b-it), SANA's text encoder: BOS + last 299 "
+        "of the instruction-prefixed prompt, 2304 channels",
+    )
+)
+register(
+    TextEncoderConfig(
+        "tiny-gemma-2",
+        family="gemma2",
+        hidden_size=64,
+        max_length=24,
+        arch=dict(
+            vocab_size=512,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=4096,
+            max_position_embeddings=2048,
+        ),
+        description="tiny random Gemma-2 for tests (built-in 320-token BPE tokenizer)",
+    )
+)
+register(
+    PipelineConfig(
+        "tiny-t2i",
+        autoencoder="tiny-f32c32-sana",
+        denoiser="tiny-sana",
+        text_encoder="tiny-gemma-2",
+        height=64,
+        width=64,
+        steps=4,
+        guidance_scale=4.5,
+        description="tiny text-to-image pipeline for tests: tiny DC-AE + tiny SANA DiT + tiny Gemma-2",
+    )
+)
+register(
+    PipelineConfig(
+        "sana-600m-t2i",
+        autoencoder="f32c32-sana",
+        denoiser="sana-600m",
+        text_encoder="gemma-2-2b-it",
+        height=1024,
+        width=1024,
+        steps=20,
+        guidance_scale=4.5,
+        flow_shift=3.0,
+        description="SANA 0.6B text-to-image (Sana_600M_1024px): DC-AE f32c32-sana + SANA-600M + Gemma-2-2B-IT",
+    )
+)
+register(
+    PipelineConfig(
+        "sana-1600m-t2i",
+        autoencoder="f32c32-sana",
+        denoiser="sana-1600m",
+        text_encoder="gemma-2-2b-it",
+        height=1024,
+        width=1024,
+        steps=20,
+        guidance_scale=4.5,
+        flow_shift=3.0,
+        description="SANA 1.6B text-to-image (Sana_1600M_1024px): DC-AE f32c32-sana + SANA-1600M + Gemma-2-2B-IT",
     )
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import max_relative_error
+from helpers import max_relative_error
 
 from dcae_deploy.sampling import (
     cfg_batch,

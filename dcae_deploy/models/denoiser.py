@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcae_deploy.checkpoints import describe_key_mismatch, read_json, read_state_dict
+from dcae_deploy.checkpoints import describe_key_mismatch, read_json, read_state_dict, write_json, write_safetensors
 from dcae_deploy.errors import CheckpointError, InputShapeError
 from dcae_deploy.variants import DenoiserConfig, get_variant
 
-__all__ = ["SanaDenoiser", "build_denoiser", "check_inputs", "load_denoiser", "timestep_sinusoid"]
+__all__ = ["SanaDenoiser", "build_denoiser", "check_inputs", "load_denoiser", "save_denoiser", "timestep_sinusoid"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -355,6 +355,16 @@ def load_denoiser(
     _check_state(model, state, str(folder), config.name)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
     return model.to(device).eval()
+
+
+def save_denoiser(model: SanaDenoiser, folder: str | os.PathLike) -> Path:
+    """Write a diffusers-layout folder (config.json + safetensors) that :func:`load_denoiser` reads."""
+    folder = Path(folder)
+    config = {"_class_name": "SanaTransformer2DModel", **model.config.to_diffusers_config()}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    write_safetensors(folder / WEIGHTS_FILE, state, metadata={"format": "pt"})
+    write_json(folder / CONFIG_FILE, config)
+    return folder
 
 
 def _resolve_config(folder: Path, variant: str | DenoiserConfig | None) -> DenoiserConfig:

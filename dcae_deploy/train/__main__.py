@@ -66,6 +66,7 @@ def _denoiser(args: argparse.Namespace, info) -> None:
     from dcae_deploy.train.distributed import barrier
     from dcae_deploy.train.loop import run_training, seed_everything
     from dcae_deploy.train.text import load_caption_encoder
+    from dcae_deploy.variants import get_variant, list_variants
 
     cfg = FlowMatchingConfig(
         steps=args.steps or 10_000, batch_size=args.batch_size or 16, lr=args.lr or 1e-4,
@@ -84,13 +85,29 @@ def _denoiser(args: argparse.Namespace, info) -> None:
         barrier(info)
     dataset = LatentDataset.load(latents)
     seed_everything(args.seed)
-    model = load_denoiser(args.init, args.variant) if args.init else build_denoiser(args.variant)
+    joint = args.text_encoder in list_variants("text_encoder")
+    init = Path(args.init) / "transformer" if args.init and joint else args.init
+    model = load_denoiser(init, args.variant) if init else build_denoiser(args.variant)
     if dataset.latents.shape[1] != model.config.in_channels:
         raise DcaeDeployError(
             f"latents have {dataset.latents.shape[1]} channels; {model.config.name} expects {model.config.in_channels}"
         )
-    encoder = load_caption_encoder(args.text_encoder, model.config.caption_channels)
-    task = DenoiserTask(model, cfg, encoder, encoder_name=args.text_encoder)
+    if joint:  # a registered text encoder: trained together with the denoiser
+        from dcae_deploy.models.text_encoder import build_text_encoder, default_tokenizer, load_text_encoder
+
+        text_cfg = get_variant(args.text_encoder, kind="text_encoder")
+        if text_cfg.hidden_size != model.config.caption_channels:
+            raise DcaeDeployError(
+                f"text encoder {text_cfg.name} gives {text_cfg.hidden_size}-dim states; "
+                f"{model.config.name} expects caption_channels={model.config.caption_channels}"
+            )
+        text_encoder = (load_text_encoder(Path(args.init) / "text_encoder", text_cfg) if args.init
+                        else build_text_encoder(text_cfg))
+        task = DenoiserTask(model, cfg, encoder_name=text_cfg.name, text_encoder=text_encoder,
+                            tokenizer=default_tokenizer(text_cfg))
+    else:
+        encoder = load_caption_encoder(args.text_encoder, model.config.caption_channels)
+        task = DenoiserTask(model, cfg, encoder, encoder_name=args.text_encoder)
     run_training(task, dataset, _loop_config(args, cfg.steps, cfg.batch_size), args.out,
                  resume=args.resume, info=info)
 
@@ -135,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("denoiser", help="flow-matching training of a SANA denoiser on cached latents")
     p.add_argument("--latents", help="a latent cache folder (default: cache --data into OUT/latents)")
     p.add_argument("--autoencoder", help="DC-AE checkpoint used to cache latents")
-    p.add_argument("--text-encoder", default="hash", help="'hash' (placeholder) or 'package.module:factory'")
+    p.add_argument("--text-encoder", default="hash", help="a registered text-encoder variant (e.g. demo-text: trained jointly), "
+                   "'hash' (frozen placeholder) or 'package.module:factory' (frozen)")
     p.add_argument("--shift", type=float, default=3.0)
     p.add_argument("--caption-dropout", type=float, default=0.1)
     _common(p)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from dcae_deploy.checkpoints import (
-    _atomic_write,
+    atomic_write,
     read_json,
     read_state_dict,
     write_json,
@@ -40,7 +40,7 @@ def step_folder(root: Path, step: int) -> Path:
 
 
 def torch_save_atomic(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def torch_load_weights_only(path: Path) -> Any:

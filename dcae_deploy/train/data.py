@@ -38,43 +38,75 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 class ImageFolderDataset:
     """Images under ``root`` (recursive, sorted), random ``resolution``-square crops, captions from
-    ``root/captions.jsonl`` lines ``{"file": <path relative to root>, "caption": ...}`` ("" if absent).
+    ``root/captions.jsonl`` (UTF-8, one JSON object per line, ``{"file": <path relative to root>,
+    "caption": <text>}``; images without a line get ``""``).
 
     Images with a side shorter than ``resolution`` are first resized (bicubic) so the short side fits.
+
+    Raises:
+        DcaeDeployError: ``root`` is missing or not a folder, holds no images, or ``captions.jsonl`` is
+            unreadable, has a malformed line, names a file twice or names a file that is not an image here.
     """
 
     def __init__(self, root: str | Path, resolution: int) -> None:
         self.root = Path(root)
-        if not self.root.is_dir():
+        if not self.root.exists():
             raise DcaeDeployError(f"image folder not found: {self.root}")
+        if not self.root.is_dir():
+            raise DcaeDeployError(f"image folder {self.root} is a file, not a folder of images")
+        if resolution < 1:
+            raise DcaeDeployError(f"crop resolution must be a positive number of pixels, got {resolution}")
         self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self.files:
             raise DcaeDeployError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}")
         self.resolution = resolution
         self.captions = self._read_captions()
 
+    def _key(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
     def _read_captions(self) -> dict[str, str]:
         path = self.root / CAPTIONS_FILE
         if not path.is_file():
             return {}
-        captions = {}
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DcaeDeployError(f"cannot read captions file {path} (UTF-8 JSON lines expected): {exc}") from exc
+        expected = 'one JSON object per line: {"file": "<image path relative to the folder>", "caption": "<text>"}'
+        known = {self._key(p) for p in self.files}
+        captions: dict[str, str] = {}
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
+            where = f"{path}:{n}"
             try:
                 entry = json.loads(line)
-                captions[str(Path(entry["file"]))] = str(entry["caption"])
-            except (ValueError, KeyError, TypeError) as exc:
+            except ValueError as exc:
+                raise DcaeDeployError(f"{where}: invalid JSON ({exc}); expected {expected}, got {line[:80]!r}") from exc
+            if not isinstance(entry, dict) or not {"file", "caption"} <= entry.keys():
                 raise DcaeDeployError(
-                    f"{path}:{n}: expected a JSON object with 'file' and 'caption', got {line[:80]!r}"
-                ) from exc
+                    f"{where}: expected a JSON object with 'file' and 'caption', got {line[:80]!r}"
+                )
+            file, caption = entry["file"], entry["caption"]
+            if not isinstance(file, str) or not isinstance(caption, str):
+                raise DcaeDeployError(f"{where}: 'file' and 'caption' must be strings, got {line[:80]!r}")
+            key = Path(file.replace("\\", "/")).as_posix()
+            if key not in known:
+                raise DcaeDeployError(
+                    f"{where}: {file!r} is not an image under {self.root} (paths are relative to the folder, "
+                    f"with the file's suffix; images: {', '.join(IMAGE_SUFFIXES)})"
+                )
+            if key in captions:
+                raise DcaeDeployError(f"{where}: a second caption for {file!r}")
+            captions[key] = caption
         return captions
 
     def __len__(self) -> int:
         return len(self.files)
 
     def caption(self, index: int) -> str:
-        return self.captions.get(str(self.files[index].relative_to(self.root)), "")
+        return self.captions.get(self._key(self.files[index]), "")
 
     def __getitem__(self, key: Any) -> dict[str, Any]:
         index, draw = _split_key(key)

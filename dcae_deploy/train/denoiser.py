@@ -10,7 +10,6 @@ which is what classifier-free guidance uses as the negative branch at sampling t
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcae_deploy.checkpoints import write_json, write_safetensors
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.models.denoiser import CONFIG_FILE, WEIGHTS_FILE, SanaDenoiser
+from dcae_deploy.models.denoiser import SanaDenoiser, save_denoiser
 from dcae_deploy.train.loop import OptimSpec
 
 #: captions -> (embeddings (B, L, C), mask (B, L) with 1 = real token), on any device.
@@ -89,20 +87,43 @@ def apply_caption_dropout(
     return torch.where(d[:, None, None], null_emb, emb), torch.where(d[:, None], null_mask, mask)
 
 
+class CaptionedDenoiser(nn.Module):
+    """Denoiser + trainable text encoder as one module, so DDP, EMA and checkpoints treat them as one."""
+
+    def __init__(self, denoiser: SanaDenoiser, text_encoder: nn.Module) -> None:
+        super().__init__()
+        self.denoiser, self.text_encoder = denoiser, text_encoder
+
+    def forward(self, x_t, timestep, input_ids, attention_mask) -> torch.Tensor:
+        states = self.text_encoder(input_ids, attention_mask)
+        return self.denoiser(x_t, timestep, states, attention_mask.to(states.dtype))
+
+
 class DenoiserTask:
-    """Flow matching for :func:`dcae_deploy.train.loop.run_training` (batches ``{"latent", "caption"}``)."""
+    """Flow matching for :func:`dcae_deploy.train.loop.run_training` (batches ``{"latent", "caption"}``).
+
+    Two ways to encode captions: a frozen ``encode_captions`` callable, or a trainable ``text_encoder``
+    module with its ``tokenizer``, trained jointly with the denoiser (the demo model). In the joint case
+    caption dropout replaces the caption by the empty prompt before tokenisation.
+    """
 
     name = "denoiser"
 
-    def __init__(self, model: SanaDenoiser, cfg: FlowMatchingConfig, encode_captions: CaptionEncoder,
-                 encoder_name: str = "custom") -> None:
+    def __init__(self, model: SanaDenoiser, cfg: FlowMatchingConfig, encode_captions: CaptionEncoder | None = None,
+                 encoder_name: str = "custom", *, text_encoder: nn.Module | None = None, tokenizer=None) -> None:
+        if (encode_captions is None) == (text_encoder is None):
+            raise ValueError("give either encode_captions (frozen) or text_encoder + tokenizer (trained jointly)")
+        if text_encoder is not None and tokenizer is None:
+            raise ValueError("a trainable text_encoder needs its tokenizer")
         self.model, self.cfg = model, cfg
         self.encode_captions = encode_captions
         self.encoder_name = encoder_name
+        self.tokenizer = tokenizer
+        self.joint = CaptionedDenoiser(model, text_encoder) if text_encoder is not None else None
         self._null: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"model": self.model}
+        return {"model": self.joint if self.joint is not None else self.model}
 
     def optim_spec(self, module: str) -> OptimSpec:
         return OptimSpec(self.cfg.lr, self.cfg.betas, self.cfg.weight_decay)
@@ -113,6 +134,8 @@ class DenoiserTask:
             f"flow matching: {self.model.config.name} ({n:,} params), lr {c.lr:g}, betas {c.betas}, wd {c.weight_decay:g}\n"
             f"sigma: logit-normal({c.logit_mean:g}, {c.logit_std:g}) shifted by {c.shift:g}; target eps - x0\n"
             f"caption dropout {c.caption_dropout:g} -> {c.null_caption}; text encoder: {self.encoder_name}"
+            + (f" ({sum(p.numel() for p in self.joint.text_encoder.parameters()):,} params, trained jointly)"
+               if self.joint is not None else " (frozen)")
         )
 
     def config_dict(self) -> dict[str, Any]:
@@ -146,20 +169,31 @@ class DenoiserTask:
     def losses(self, nets: Mapping[str, nn.Module], batch: dict[str, Any]):
         x0 = batch["latent"]
         device, b = x0.device, x0.shape[0]
-        emb, mask = self._encode(batch["caption"], device)
         drop = torch.rand(b, device=device) < self.cfg.caption_dropout
-        emb, mask = apply_caption_dropout(emb, mask, *self.null_caption(device), drop)
+        if self.joint is not None:
+            captions = ["" if d else c for c, d in zip(batch["caption"], drop.tolist())]
+            ids, mask = (torch.from_numpy(a).to(device) for a in self.tokenizer(captions))
+            conditioning = (ids, mask)
+        else:
+            emb, mask = self._encode(batch["caption"], device)
+            conditioning = apply_caption_dropout(emb, mask, *self.null_caption(device), drop)
         noise = torch.randn_like(x0)
         sigma = sample_sigmas(b, self.cfg, device)
         s = sigma.view(b, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
         timestep = sigma * 1000.0 * self.model.config.timestep_scale
-        pred = nets["model"](x_t, timestep, emb, mask)
+        pred = nets["model"](x_t, timestep, *conditioning)
         loss = F.mse_loss(pred.float(), (noise - x0).float())
         return {"model": loss}, {"loss": loss.item(), "sigma_mean": sigma.mean().item()}
 
     def save_final(self, folder: Path, model: nn.Module) -> None:
-        """A diffusers-layout folder that :func:`dcae_deploy.models.denoiser.load_denoiser` reads."""
-        config = {"_class_name": "SanaTransformer2DModel", **model.config.to_diffusers_config()}  # type: ignore[union-attr]
-        write_safetensors(folder / WEIGHTS_FILE, model.state_dict(), metadata={"format": "pt"})
-        write_json(folder / CONFIG_FILE, json.loads(json.dumps(config)))
+        """A diffusers-layout denoiser folder (:func:`dcae_deploy.models.denoiser.load_denoiser` reads it);
+        when trained jointly, ``transformer/``, ``text_encoder/`` and ``tokenizer/`` sub-folders instead."""
+        if isinstance(model, CaptionedDenoiser):
+            from dcae_deploy.models.text_encoder import save_text_encoder
+
+            save_denoiser(model.denoiser, folder / "transformer")
+            save_text_encoder(model.text_encoder, folder / "text_encoder")
+            self.tokenizer.save(folder / "tokenizer")
+        else:
+            save_denoiser(model, folder)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import DATA
 
-from conftest import DATA
-from dcae_deploy import CheckpointError, InputShapeError, UnknownVariantError, build_autoencoder, load_autoencoder
+from dcae_deploy import (
+    CheckpointError,
+    InputShapeError,
+    UnknownVariantError,
+    build_autoencoder,
+    load_autoencoder,
+)
 
 
 def test_wrong_checkpoint_for_variant_lists_keys_and_the_variant_it_fits():

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import DATA, max_relative_error, randomize_
 from safetensors.torch import load_file
 
-from conftest import DATA, max_relative_error, randomize_
 from dcae_deploy import build_autoencoder, load_autoencoder, save_autoencoder
-from dcae_deploy.models.autoencoder_io import efficientvit_key_map, to_efficientvit_state_dict
+from dcae_deploy.models.autoencoder_io import (
+    efficientvit_key_map,
+    to_efficientvit_state_dict,
+)
 from dcae_deploy.variants import get_variant, list_variants
 
 TOLERANCE = 1e-5  # DESIGN.md: our fp32 model vs the reference fp32, same weights
@@ -50,7 +53,7 @@ def test_matches_diffusers_from_save_pretrained(variant, diffusers_autoencoder):
 
 
 def test_scaling_factor_is_applied_explicitly(diffusers_autoencoder):
-    ref, folder = diffusers_autoencoder("tiny-f32c32-in")
+    _, folder = diffusers_autoencoder("tiny-f32c32-in")
     ours = load_autoencoder(folder)
     assert ours.config.name == "tiny-f32c32-in" and ours.scaling_factor == pytest.approx(0.3189)
     images = torch.rand(1, 3, 64, 64) * 2 - 1

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import max_relative_error, randomize_
+from helpers import max_relative_error, randomize_
 
 from dcae_deploy.errors import CheckpointError, InputShapeError
 from dcae_deploy.models.denoiser import SanaDenoiser, check_inputs, load_denoiser

@@ -24,15 +24,6 @@ from dcae_deploy.train.loop import (
 )
 from dcae_deploy.train.perceptual import LPIPS
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 RESOLUTION = {"low_res_full": 32, "high_res_latent_adaptation": 64, "low_res_local_refinement": 32}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from PIL import Image
 
@@ -10,15 +9,6 @@ from dcae_deploy.cli import run_cli
 from dcae_deploy.models.autoencoder_io import load_autoencoder
 from dcae_deploy.models.denoiser import load_denoiser
 from dcae_deploy.train.__main__ import main
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 COMMON = ["--variant", "tiny-f32c32-sana", "--data", "shapes", "--num-images", "4", "--batch-size", "2",
           "--steps", "2", "--device", "cpu", "--log-every", "1"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from dcae_deploy.models.denoiser import build_denoiser, load_denoiser
@@ -17,15 +16,6 @@ from dcae_deploy.train.denoiser import (
 )
 from dcae_deploy.train.loop import LoopConfig, run_training, seed_everything
 from dcae_deploy.train.text import HashWordEncoder
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_shift_matches_sampler_and_sigmas_in_range():

@@ -16,15 +16,6 @@ from dcae_deploy.train.denoiser import DenoiserTask, FlowMatchingConfig
 from dcae_deploy.train.loop import LoopConfig, run_training, seed_everything
 from dcae_deploy.train.text import HashWordEncoder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 N = 4  # checkpoint after N steps (mid-epoch: 3 batches per epoch), then one more step
 
 

@@ -1,0 +1,194 @@
+"""Evaluate a shapes text-to-image model: autoencoder reconstruction and prompt adherence.
+
+``python -m dcae_deploy.evaluate --checkpoint dcae_deploy/demo`` (PyTorch) or
+``python -m dcae_deploy.evaluate --artifacts DIR --backend onnxruntime`` (exported graphs) prints
+
+- reconstruction PSNR of the autoencoder on held-out shapes images (held-out caption triples,
+  images never seen in training), when an autoencoder is available (``--checkpoint``);
+- prompt adherence on held-out prompts: each image is judged by :mod:`dcae_deploy.data.judge`
+  (foreground colour = median colour of the largest non-background component; shape from its
+  bounding-box fill ratio and solidity) and compared with its prompt.
+
+Exit status 1 when a ``--min-*`` goal is given and missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from dcae_deploy.cli import run_cli
+from dcae_deploy.errors import DcaeDeployError
+
+EVAL_SEED = 20_261_124  # images and prompts for evaluation; training uses small seeds
+
+
+def heldout_prompts(count: int) -> list[str]:
+    """``count`` prompts cycling through the held-out caption triples (never seen in training)."""
+    from dcae_deploy.data.shapes import caption_for, heldout_triples
+
+    triples = heldout_triples()
+    rng = np.random.default_rng(EVAL_SEED)
+    order = [triples[i] for i in rng.permutation(len(triples))]
+    return [caption_for(*order[i % len(order)]) for i in range(count)]
+
+
+def reconstruction_psnr(autoencoder, count: int = 64, resolution: int = 128, batch_size: int = 16) -> dict[str, float]:
+    """PSNR (dB, images in [0, 1]) of encode -> decode on ``count`` held-out shapes images."""
+    import torch
+
+    from dcae_deploy.data.shapes import ShapesDataset
+
+    data = ShapesDataset(count, seed=EVAL_SEED, image_size=resolution, split="heldout")
+    psnrs = []
+    with torch.no_grad():
+        for start in range(0, count, batch_size):
+            x = torch.stack([data[i]["image"] for i in range(start, min(start + batch_size, count))])
+            y = autoencoder.decode(autoencoder.encode(x)).clamp(-1, 1)
+            mse = ((y - x) / 2).pow(2).flatten(1).mean(1)
+            psnrs += (10 * torch.log10(1 / mse.clamp_min(1e-12))).tolist()
+    return {"psnr_mean": float(np.mean(psnrs)), "psnr_min": float(np.min(psnrs)), "images": count}
+
+
+def prompt_adherence(generate: Callable[[list[str], int], Sequence[np.ndarray]], prompts: list[str],
+                     batch_size: int = 8, progress: bool = True) -> dict[str, float]:
+    """Judge ``generate(prompts_batch, seed) -> uint8 HxWx3 images`` on every prompt."""
+    from dcae_deploy.data.judge import score
+
+    images: list[np.ndarray] = []
+    for start in range(0, len(prompts), batch_size):
+        images += list(generate(prompts[start:start + batch_size], EVAL_SEED + start))
+        if progress:
+            print(f"\r[evaluate] {len(images)}/{len(prompts)} images", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return score(prompts, images)
+
+
+def torch_generator(models, steps: int, guidance: float, height: int, width: int):
+    """``generate(prompts, seed)`` on the PyTorch parts of a pipeline (fp32, CPU)."""
+    import torch
+
+    from dcae_deploy.sampling import cfg_batch, cfg_combine, dpm_flow_schedule, sample_flow
+
+    cfg = models.config
+    f = models.autoencoder.config.spatial_compression_ratio
+    channels = models.denoiser.config.in_channels
+    scale = models.denoiser.config.timestep_scale
+
+    @torch.no_grad()
+    def generate(prompts: list[str], seed: int) -> list[np.ndarray]:
+        n = len(prompts)
+        ids, mask = models.tokenizer([""] * n + list(prompts))
+        ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        states = models.text_encoder(ids, mask)
+        noise = np.random.default_rng(seed).standard_normal((n, channels, height // f, width // f)).astype(np.float32)
+
+        def velocity(x, t):
+            xb = cfg_batch(x)
+            v = models.denoiser(xb, torch.full((2 * n,), t * scale), states, mask.float())
+            return cfg_combine(v, guidance)
+
+        latents = sample_flow(velocity, torch.from_numpy(noise), dpm_flow_schedule(steps, cfg.flow_shift))
+        images = models.autoencoder.decode(latents, scaled=True).clamp(-1, 1)
+        return list(((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+
+    return generate
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dcae_deploy.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="a pipeline folder (PyTorch); default: the shipped demo model")
+    src.add_argument("--artifacts", help="an exported pipeline folder (manifest.json), run through --backend")
+    p.add_argument("--backend", default="onnxruntime", help="with --artifacts: torch, onnxruntime or tensorrt")
+    p.add_argument("--num-prompts", type=int, default=100)
+    p.add_argument("--reconstruction-images", type=int, default=64, help="0 skips the reconstruction check")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--min-psnr", type=float, help="fail below this reconstruction PSNR (dB)")
+    p.add_argument("--min-colour", type=float, help="fail below this foreground-colour accuracy (0-1)")
+    p.add_argument("--min-shape", type=float, help="fail below this shape accuracy (0-1)")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.num_prompts < 0 or args.reconstruction_images < 0:
+        raise DcaeDeployError("--num-prompts and --reconstruction-images must be >= 0")
+
+    results: dict[str, dict[str, float]] = {}
+    if args.artifacts:
+        generate, config = _runtime_generator(args)
+        autoencoder = None
+    else:
+        from dcae_deploy.models.pipeline import load_pipeline
+
+        models = load_pipeline(args.checkpoint or _demo_folder())
+        config = models.config
+        generate = torch_generator(models, args.steps or config.steps, _guidance(args, config),
+                                   config.height, config.width)
+        autoencoder = models.autoencoder
+    if autoencoder is not None and args.reconstruction_images:
+        results["reconstruction"] = reconstruction_psnr(autoencoder, args.reconstruction_images, config.height)
+        print(f"reconstruction: PSNR {results['reconstruction']['psnr_mean']:.2f} dB mean "
+              f"({results['reconstruction']['psnr_min']:.2f} min) on {args.reconstruction_images} held-out images")
+    if args.num_prompts:
+        results["adherence"] = prompt_adherence(generate, heldout_prompts(args.num_prompts), args.batch_size)
+        a = results["adherence"]
+        print(f"prompt adherence on {a['n']} held-out prompts: foreground colour {a['fg_colour_accuracy']:.0%}, "
+              f"shape {a['shape_accuracy']:.0%}, background {a['bg_colour_accuracy']:.0%}, all three {a['joint_accuracy']:.0%}")
+    if args.json:
+        from dcae_deploy.checkpoints import write_json
+
+        write_json(args.json, results)
+    return _check_goals(args, results)
+
+
+def _guidance(args, config) -> float:
+    return config.guidance_scale if args.guidance is None else args.guidance
+
+
+def _demo_folder():
+    from importlib.resources import files
+
+    folder = files("dcae_deploy") / "demo"
+    if not folder.is_dir():
+        raise DcaeDeployError("the shipped demo model (dcae_deploy/demo/) is missing; pass --checkpoint or --artifacts")
+    return folder
+
+
+def _runtime_generator(args):
+    """``generate`` over exported artifacts through the runtime pipeline."""
+    from dcae_deploy.runtime.pipeline import Pipeline
+
+    pipe = Pipeline.from_artifacts(args.artifacts, backend=args.backend)
+    defaults = pipe.defaults
+
+    def generate(prompts: list[str], seed: int) -> list[np.ndarray]:
+        return list(pipe(prompts, steps=args.steps or defaults.steps, guidance_scale=args.guidance or defaults.guidance_scale,
+                         seed=seed).images)
+
+    return generate, defaults
+
+
+def _check_goals(args, results) -> int:
+    failed = []
+    rec, adh = results.get("reconstruction"), results.get("adherence")
+    if args.min_psnr is not None and rec and rec["psnr_mean"] < args.min_psnr:
+        failed.append(f"reconstruction PSNR {rec['psnr_mean']:.2f} dB < {args.min_psnr}")
+    if args.min_colour is not None and adh and adh["fg_colour_accuracy"] < args.min_colour:
+        failed.append(f"foreground colour {adh['fg_colour_accuracy']:.2f} < {args.min_colour}")
+    if args.min_shape is not None and adh and adh["shape_accuracy"] < args.min_shape:
+        failed.append(f"shape {adh['shape_accuracy']:.2f} < {args.min_shape}")
+    for message in failed:
+        print(f"FAILED: {message}", file=sys.stderr)
+    print(json.dumps(results, indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
