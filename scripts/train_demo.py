@@ -1,6 +1,6 @@
 """Reproduce the shipped demo model (dcae_deploy/demo/) from scratch with the project's own trainer.
 
-    python scripts/train_demo.py --work runs/demo            # the full recipe (CPU: about 1.5 h on 2 cores)
+    python scripts/train_demo.py --work runs/demo            # the full recipe (CPU: about 1 h on 2 cores)
     python scripts/train_demo.py --work runs/smoke --scale 0.01 --no-install   # a quick smoke run
 
 Steps (each one is a plain ``python -m dcae_deploy.train`` call, printed before it runs):
@@ -31,11 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "dcae_deploy" / "demo"
 
 AE_PHASES = (  # (phase, resolution, steps, batch, lr, extra args)
-    ("low_res_full", 128, 2000, 8, 5e-4, ["--weight-decay", "0", "--warmup-steps", "100", "--num-images", "20000"]),
-    ("high_res_latent_adaptation", 256, 150, 4, 1e-4, ["--weight-decay", "0", "--num-images", "2000"]),
-    ("low_res_local_refinement", 128, 200, 8, 5e-5, ["--num-images", "4000"]),
+    ("low_res_full", 128, 1200, 8, 6e-4, ["--weight-decay", "0", "--warmup-steps", "100", "--num-images", "20000"]),
+    ("high_res_latent_adaptation", 256, 100, 2, 1e-4, ["--weight-decay", "0", "--num-images", "2000"]),
+    ("low_res_local_refinement", 128, 150, 8, 5e-5, ["--num-images", "4000"]),
 )
-DENOISER = dict(steps=5000, batch=32, lr=3e-4, images=10_000)
+DENOISER = dict(steps=2500, batch=32, lr=5e-4, images=6000)
 
 
 def run(argv: list[str]) -> None:

@@ -73,3 +73,31 @@ def test_flow_matching_overfits_random_latents(tmp_path):
     loaded = load_denoiser(tmp_path / "final", "tiny-sana")  # diffusers-layout output
     assert torch.equal(loaded.proj_out.weight, model.proj_out.weight)
     assert (tmp_path / "final" / "ema" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_joint_text_encoder_training_updates_both_and_saves_a_pipeline_part(tmp_path):
+    """demo-text trained together with the denoiser: both change, caption dropout tokenises the empty prompt."""
+    from dcae_deploy.models.text_encoder import build_text_encoder, default_tokenizer, load_text_encoder
+    from dcae_deploy.tokenizer import WordTokenizer
+
+    seed_everything(0)
+    text_encoder = build_text_encoder("demo-text")
+    model = build_denoiser("demo-denoiser")
+    before_te = text_encoder.token_embedding.weight.detach().clone()
+    before_dn = model.proj_out.weight.detach().clone()
+    latents = torch.randn(4, 32, 4, 4, generator=torch.Generator().manual_seed(0))
+    captions = ["a red circle on a blue background", "a green star on a white background"] * 2
+    cfg = FlowMatchingConfig(steps=4, batch_size=4, lr=1e-3, caption_dropout=0.5)
+    task = DenoiserTask(model, cfg, encoder_name="demo-text", text_encoder=text_encoder,
+                        tokenizer=default_tokenizer("demo-text"))
+    assert "trained jointly" in task.describe()
+    result = run_training(task, LatentDataset(latents, captions), LoopConfig(steps=4, batch_size=4, log_every=1, device="cpu"), tmp_path)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
+    assert not torch.equal(text_encoder.token_embedding.weight, before_te)
+    assert not torch.equal(model.proj_out.weight, before_dn)
+    final = tmp_path / "final"
+    loaded_te = load_text_encoder(final / "text_encoder", "demo-text")
+    assert torch.equal(loaded_te.token_embedding.weight, text_encoder.token_embedding.weight)
+    assert torch.equal(load_denoiser(final / "transformer", "demo-denoiser").proj_out.weight, model.proj_out.weight)
+    assert WordTokenizer.load(final / "tokenizer").vocab == default_tokenizer("demo-text").vocab
+    assert (final / "ema" / "text_encoder" / "model.safetensors").is_file()
