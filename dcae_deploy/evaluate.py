@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict[str, float]] = {}
     if args.artifacts:
-        generate, config = _runtime_generator(args)
-        autoencoder = None
+        generate, _ = _runtime_generator(args)
+        autoencoder = config = None
     else:
         from dcae_deploy.models.pipeline import load_pipeline
 
@@ -162,17 +162,16 @@ def _demo_folder():
 
 
 def _runtime_generator(args):
-    """``generate`` over exported artifacts through the runtime pipeline."""
-    from dcae_deploy.runtime.pipeline import Pipeline
+    """``generate`` over exported artifacts through the runtime's text-to-image pipeline."""
+    from dcae_deploy.runtime.pipeline import GenerationConfig, TextToImage
 
-    pipe = Pipeline.from_artifacts(args.artifacts, backend=args.backend)
-    defaults = pipe.defaults
+    pipe = TextToImage.open(args.artifacts, backend=args.backend, progress=False)
 
     def generate(prompts: list[str], seed: int) -> list[np.ndarray]:
-        return list(pipe(prompts, steps=args.steps or defaults.steps, guidance_scale=args.guidance or defaults.guidance_scale,
-                         seed=seed).images)
+        request = GenerationConfig(prompts=tuple(prompts), seed=seed, steps=args.steps, guidance_scale=args.guidance)
+        return list(pipe.generate(request).images)
 
-    return generate, defaults
+    return generate, pipe
 
 
 def _check_goals(args, results) -> int:

@@ -4,6 +4,16 @@ An export folder holds one ONNX graph per component plus this manifest: variant,
 names, dtypes and symbolic shapes, the min/opt/max optimisation profile of every input, the latent
 scaling factor, opset, tool versions and a SHA-256 of every file. Engine builders and runtimes read
 only the manifest and the files it names, and refuse files whose hash no longer matches.
+
+A text-to-image export (``kind == "pipeline"``) also carries ``pipeline``: what the runtime needs and
+cannot read from the graphs (latent scaling, timestep scale, tokenizer file, sampling defaults)::
+
+    {"variant": "demo",
+     "autoencoder": {"scaling_factor", "spatial_compression_ratio", "latent_channels"},
+     "denoiser": {"timestep_scale", "in_channels", "caption_channels"},
+     "text_encoder": {"family", "max_length", "hidden_size", "tokenizer": "tokenizer/vocab.json",
+                      "input_tokens": [min, max], "complex_human_instruction": bool},
+     "defaults": {"height", "width", "steps", "guidance_scale", "flow_shift", "sampler"}}
 """
 
 from __future__ import annotations
@@ -69,6 +79,7 @@ class Manifest:
     resolution: dict[str, int] = field(default_factory=dict)  # min_res / opt_res / max_res / max_batch
     checkpoint: str | None = None  # None: randomly initialised weights (structure check only)
     versions: dict[str, str] = field(default_factory=dict)
+    pipeline: dict[str, Any] | None = None  # text-to-image exports only (see the module docstring)
 
     def component(self, name: str) -> Component:
         if name not in self.components:
@@ -140,14 +151,38 @@ def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
 
 
 def verify_files(folder: str | Path, manifest: Manifest) -> None:
-    folder = Path(folder)
+    """Every file of every component exists in ``folder`` with its recorded SHA-256 (else ManifestError)."""
     for component in manifest.components.values():
-        for name, expected in component.files.items():
-            path = folder / name
-            if not path.is_file():
-                raise ManifestError(f"{path} is listed in the manifest but missing; re-export the folder")
-            if sha256_file(path) != expected:
-                raise ManifestError(
-                    f"{path} changed after export (SHA-256 mismatch with {folder / MANIFEST_FILE}); "
-                    "it may be corrupt or edited: re-export instead of mixing files"
-                )
+        verify_hashes(
+            folder,
+            component.files,
+            ManifestError,
+            listed_in=str(Path(folder) / MANIFEST_FILE),
+            remedy="re-export the folder",
+            what="changed after export",
+        )
+
+
+def verify_hashes(
+    folder: str | Path,
+    files: dict[str, str],
+    error: type[DcaeDeployError],
+    *,
+    listed_in: str,
+    remedy: str,
+    what: str = "changed after it was written",
+) -> None:
+    """Check that each ``folder/name`` exists and has the SHA-256 ``files[name]``; raise ``error`` if not.
+
+    Shared by the manifest (exported graphs, tokenizer files) and the engine sidecars (plans).
+    """
+    folder = Path(folder)
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise error(f"{path} is listed in {listed_in} but missing; {remedy}")
+        if sha256_file(path) != expected:
+            raise error(
+                f"{path} {what} (SHA-256 mismatch with {listed_in}); it may be corrupt, truncated or "
+                f"edited: {remedy}"
+            )

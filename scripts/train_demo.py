@@ -1,6 +1,6 @@
 """Reproduce the shipped demo model (dcae_deploy/demo/) from scratch with the project's own trainer.
 
-    python scripts/train_demo.py --work runs/demo            # the full recipe (CPU: about 1 h on 2 cores)
+    python scripts/train_demo.py --work runs/demo            # the full recipe (2-core CPU: about 40 min)
     python scripts/train_demo.py --work runs/smoke --scale 0.01 --no-install   # a quick smoke run
 
 Steps (each one is a plain ``python -m dcae_deploy.train`` call, printed before it runs):
@@ -31,11 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "dcae_deploy" / "demo"
 
 AE_PHASES = (  # (phase, resolution, steps, batch, lr, extra args)
-    ("low_res_full", 128, 1200, 8, 6e-4, ["--weight-decay", "0", "--warmup-steps", "100", "--num-images", "20000"]),
-    ("high_res_latent_adaptation", 256, 100, 2, 1e-4, ["--weight-decay", "0", "--num-images", "2000"]),
-    ("low_res_local_refinement", 128, 150, 8, 5e-5, ["--num-images", "4000"]),
+    ("low_res_full", 128, 2000, 8, 6e-4, ["--weight-decay", "0", "--warmup-steps", "100", "--num-images", "20000"]),
+    ("high_res_latent_adaptation", 256, 40, 2, 1e-4, ["--weight-decay", "0", "--num-images", "2000"]),
+    ("low_res_local_refinement", 128, 40, 8, 5e-5, ["--num-images", "4000"]),
 )
-DENOISER = dict(steps=2500, batch=32, lr=5e-4, images=6000)
+DENOISER = dict(steps=1800, batch=32, lr=5e-4, images=6000)
 
 
 def run(argv: list[str]) -> None:
@@ -54,7 +54,8 @@ def train_autoencoder(work: Path, scale: float) -> Path:
     for phase, res, steps, batch, lr, extra in AE_PHASES:
         out = work / "ae" / phase
         if not (out / "final" / "ema").is_dir():
-            run(["autoencoder", "--phase", phase, "--variant", "demo-f32c32", "--data", "shapes", "--out", str(out),
+            resume = ["--resume", str(out)] if (out / "checkpoints").is_dir() else []
+            run(["autoencoder", *resume, "--phase", phase, "--variant", "demo-f32c32", "--data", "shapes", "--out", str(out),
                  "--resolution", str(res), "--steps", str(scaled(steps, scale)), "--batch-size", str(batch),
                  "--lr", str(lr), "--log-every", "25", "--checkpoint-every", "500", *extra, *init])
         init = ["--init", str(out / "final" / "ema")]
@@ -82,7 +83,8 @@ def train_denoiser(work: Path, ae: Path, scale: float) -> Path:
     out = work / "denoiser"
     if not (out / "final" / "ema").is_dir():
         d = DENOISER
-        run(["denoiser", "--variant", "demo-denoiser", "--text-encoder", "demo-text", "--autoencoder", str(ae),
+        resume = ["--resume", str(out), "--latents", str(out / "latents")] if (out / "checkpoints").is_dir() else []
+        run(["denoiser", *resume, "--variant", "demo-denoiser", "--text-encoder", "demo-text", "--autoencoder", str(ae),
              "--data", "shapes", "--num-images", str(max(64, int(d["images"] * min(1.0, scale * 10)))),
              "--resolution", "128", "--out", str(out), "--steps", str(scaled(d["steps"], scale)),
              "--batch-size", str(d["batch"]), "--lr", str(d["lr"]), "--warmup-steps", "200", "--weight-decay", "0",

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from dcae_deploy.checkpoints import _atomic_write, write_json
+from dcae_deploy.checkpoints import atomic_write, write_json
 from dcae_deploy.engines.common import (
     Backend,
     BuildTarget,
@@ -97,7 +97,7 @@ def build_engines(
         )
         _say(stream, f"  {component.name}: {infos[component.name].plan_bytes / 1e6:.1f} MB plan in {seconds:.1f} s")
     if cache_path is not None and cache_bytes is not None:
-        _atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(cache_bytes))
+        atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(cache_bytes))
     return infos
 
 
@@ -273,7 +273,7 @@ def _write_engine(
     plan_path = engine_dir / f"{component.name}{PLAN_SUFFIX}"
     sidecar_path = engine_dir / f"{component.name}.json"
     sidecar_path.unlink(missing_ok=True)  # a stale sidecar must not describe the new plan
-    _atomic_write(plan_path, lambda tmp: Path(tmp).write_bytes(plan))
+    atomic_write(plan_path, lambda tmp: Path(tmp).write_bytes(plan))
     data = {
         "format": SIDECAR_FORMAT,
         "version": SIDECAR_VERSION,

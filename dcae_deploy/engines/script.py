@@ -11,19 +11,20 @@ import os
 import shlex
 from pathlib import Path
 
-from dcae_deploy.checkpoints import _atomic_write
+from dcae_deploy.checkpoints import atomic_write
 from dcae_deploy.manifest import Component, Manifest
 
 SCRIPT_NAME = "build_engines.sh"
 
 
 def shape_flags(component: Component) -> list[str]:
-    """``--minShapes=latent:1x32x2x2`` / ``--optShapes=...`` / ``--maxShapes=...`` for every profiled input."""
+    """``--minShapes=latent:1x32x2x2,timestep:1,...`` / ``--optShapes=...`` / ``--maxShapes=...``: every
+    input with a dynamic axis, in the graph's input order (one TensorRT optimisation profile)."""
     flags = []
+    order = [t.name for t in component.inputs]  # the graph's input order (the manifest JSON sorts its keys)
+    profiles = sorted(component.profiles.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
     for label, attr in (("min", "min"), ("opt", "opt"), ("max", "max")):
-        specs = [
-            f"{name}:{'x'.join(str(d) for d in getattr(profile, attr))}" for name, profile in component.profiles.items()
-        ]
+        specs = [f"{name}:{'x'.join(str(d) for d in getattr(profile, attr))}" for name, profile in profiles]
         if specs:
             flags.append(f"--{label}Shapes={','.join(specs)}")
     return flags
@@ -128,7 +129,7 @@ def write_build_script(folder: str | os.PathLike, manifest: Manifest) -> Path:
     path = Path(folder) / SCRIPT_NAME
     text = render_build_script(manifest)
 
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, newline="\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, newline="\n"))
     mode = path.stat().st_mode
     path.chmod(mode | (mode & 0o444) >> 2)  # executable wherever readable (the write applied the umask)
     return path

@@ -15,7 +15,7 @@ from typing import Any
 from dcae_deploy.checkpoints import read_json
 from dcae_deploy.engines.common import EngineInfoError
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.manifest import ShapeProfile, TensorInfo, sha256_file
+from dcae_deploy.manifest import ShapeProfile, TensorInfo, verify_hashes
 
 SIDECAR_FORMAT = "dcae_deploy.engine"
 SIDECAR_VERSION = 1
@@ -92,13 +92,14 @@ def read_sidecar(path: str | Path, verify: bool = True) -> EngineInfo:
     except (KeyError, TypeError, ValueError) as exc:
         raise EngineInfoError(f"{path} is incomplete or malformed ({exc!r}); rebuild the engines") from exc
     if verify:
-        if not info.plan_path.is_file():
-            raise EngineInfoError(f"{info.plan_path} is listed in {path} but missing; rebuild the engines")
-        if sha256_file(info.plan_path) != info.plan_sha256:
-            raise EngineInfoError(
-                f"{info.plan_path} changed after it was built (SHA-256 mismatch with {path}); "
-                "it may be truncated or replaced: rebuild the engines"
-            )
+        verify_hashes(
+            info.plan_path.parent,
+            {info.plan_path.name: info.plan_sha256},
+            EngineInfoError,
+            listed_in=str(path),
+            remedy="rebuild the engines",
+            what="changed after it was built",
+        )
     return info
 
 

@@ -13,9 +13,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = DEFAULT_RESOLUTION
     p = argparse.ArgumentParser(prog="python -m dcae_deploy.export", description=__doc__)
-    p.add_argument("--model", required=True, help="variant name, e.g. f32c32-sana (python -m dcae_deploy variants)")
-    p.add_argument("--checkpoint", default=None, help="local weights; without it, random weights (structure check)")
-    p.add_argument("--components", default=None, help="comma-separated subset, e.g. encoder,decoder (default: all)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="variant name: an autoencoder (f32c32-sana), a text-to-image pipeline (demo, tiny-t2i, sana-600m-t2i), "
+        "a denoiser (sana-600m) or a text encoder (gemma-2-2b-it); see python -m dcae_deploy variants",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="local weights (a pipeline folder for pipelines); without it, random weights (structure check)",
+    )
+    p.add_argument(
+        "--components",
+        default=None,
+        help="comma-separated subset: encoder,decoder (autoencoder); text_encoder,denoiser,decoder,encoder "
+        "(pipeline; default all but encoder)",
+    )
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--min-res", type=int, default=None, help=f"smallest image side in pixels (default {d.min_res})")
     p.add_argument("--opt-res", type=int, default=None, help=f"image side engines optimise for (default {d.opt_res})")

@@ -29,14 +29,17 @@ class ExportError(DcaeDeployError):
 
 def export_onnx(
     module: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     path: Path,
-    input_name: str,
-    output_name: str,
+    input_names: list[str],
+    output_names: list[str],
     dynamic_shapes: tuple[dict, ...],
     verbose: bool = False,
 ) -> list[Path]:
-    """Export ``module(example)`` to ``path``; returns the files written (graph, and external data if any)."""
+    """Export ``module(*example)`` to ``path``; returns the files written (graph, and external data if any).
+
+    ``dynamic_shapes`` has one ``{axis: torch.export.Dim}`` per input, in ``input_names`` order.
+    """
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     external = weight_bytes > _PROTOBUF_LIMIT
     quiet = contextlib.nullcontext() if verbose else _quiet()
@@ -44,10 +47,10 @@ def export_onnx(
         try:
             program = torch.onnx.export(
                 module,
-                (example,),
+                tuple(example),
                 dynamo=True,
-                input_names=[input_name],
-                output_names=[output_name],
+                input_names=list(input_names),
+                output_names=list(output_names),
                 dynamic_shapes=dynamic_shapes,
                 opset_version=OPSET,
                 verbose=False,

@@ -1,20 +1,44 @@
-"""Per-component export specs: what a graph takes and returns, its dynamic axes and shape profile.
+"""Per-component export specs: the graph's named inputs and outputs, dynamic axes, profile, parity points.
 
 Like optimum's per-model ONNX configs, everything component-specific lives in one small declarative
 object; the generic exporter and parity gate never name a model. Shapes are written with symbolic
-names (``batch``, ``height``, ...) that the manifest keeps; the profile turns them into concrete
-min/opt/max shapes for TensorRT.
+names (``batch``, ``latent_height``, ``tokens``, ...) that the manifest keeps; ``dims`` gives each name
+its concrete min/opt/max, which become the TensorRT optimisation profile of every input that uses it.
+
+Components and their tensors (the contract with the runtime, see ``notes/contract.md``):
+
+============  =====================================================================  ==========================
+component     inputs                                                                 output
+============  =====================================================================  ==========================
+encoder       image (batch, 3, height, width) [P]                                    latent [P]
+decoder       latent (batch, C, latent_height, latent_width) [P]                     image [P]
+denoiser      latent [P], timestep (batch,) float32, encoder_hidden_states            velocity (like latent) [P]
+              (batch, T, caption_channels) [P], encoder_attention_mask (batch, T) int64
+text_encoder  input_ids (batch, tokens) int64, attention_mask (batch, tokens) int64  text_embeddings
+                                                                                     (batch, T, hidden) [P]
+============  =====================================================================  ==========================
+
+``[P]`` is the export precision. The denoiser's and text encoder's batch goes to ``2 * max_batch``
+(classifier-free guidance runs both branches in one batch). ``T`` is static: the text encoder's
+``max_length`` (300 for SANA's Gemma-2, whose graph selects BOS + the last 299 of ``tokens`` positions).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from dcae_deploy.errors import DcaeDeployError
+
+SANA_CAPTION_TOKENS = 300  # caption length of a bare SANA denoiser export (SanaPipeline's max_sequence_length)
+SANA_LATENT_RATIO = 32  # image pixels per latent pixel for a bare denoiser export (DC-AE f32)
+
+Dtype = Literal["float", "float32", "int64"]  # "float": the export precision
+Sample = Literal["uniform", "normal", "timestep", "ids", "mask"]
 
 
 @dataclass(frozen=True)
@@ -47,55 +71,114 @@ class Resolution:
 
 
 @dataclass(frozen=True)
-class ComponentSpec:
-    """One exportable component of a model kind."""
+class TensorSpec:
+    """A graph input or output: name, shape (ints and symbolic names), dtype role, sample distribution.
+
+    ``sample``/``scale`` say how the parity gate fills an input: ``uniform`` U(-1, 1) * scale,
+    ``normal`` N(0, 1) * scale, ``timestep`` U(0, scale), ``ids`` integers in [0, scale), ``mask``
+    right-padded 1/0 rows with at least one 1.
+    """
 
     name: str
-    input_name: str
-    output_name: str
-    input_is_image: bool  # True: (batch, 3, height, width) pixels; False: (batch, C, h, w) latents
-    module: Callable[[nn.Module], nn.Module]  # picks the submodule to export from the loaded model
+    shape: tuple[int | str, ...]
+    dtype: Dtype = "float"
+    sample: Sample = "normal"
+    scale: float = 1.0
 
-    def input_shape(self, cfg, batch: int, height: int, width: int) -> tuple[int, ...]:
-        return _image_shape(cfg, batch, height, width) if self.input_is_image else _latent_shape(cfg, batch, height, width)
+    def concrete(self, point: dict[str, int]) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else point[d] for d in self.shape)
 
-    def symbolic_shapes(self, cfg) -> tuple[tuple, tuple]:
-        image = ("batch", cfg.in_channels, "height", "width")
-        latent = ("batch", cfg.latent_channels, "latent_height", "latent_width")
-        return (image, latent) if self.input_is_image else (latent, image)
+    def make(self, point: dict[str, int], gen: torch.Generator) -> torch.Tensor:
+        """A seeded sample (float32 or int64) of this tensor at ``point``."""
+        shape = self.concrete(point)
+        if self.sample == "uniform":
+            return (torch.rand(shape, generator=gen) * 2 - 1) * self.scale
+        if self.sample == "normal":
+            return torch.randn(shape, generator=gen) * self.scale
+        if self.sample == "timestep":
+            return torch.rand(shape, generator=gen) * self.scale
+        if self.sample == "ids":
+            return torch.randint(0, int(self.scale), shape, generator=gen)
+        if self.sample == "mask":
+            lengths = torch.randint(1, shape[-1] + 1, shape[:-1], generator=gen)
+            lengths.view(-1)[0] = shape[-1]  # one row without padding
+            return (torch.arange(shape[-1]) < lengths[..., None]).long()
+        raise ValueError(f"unknown sample kind {self.sample!r}")
 
-    def dynamic_shapes(self, cfg, res: Resolution) -> tuple[dict, ...]:
-        f = cfg.spatial_compression_ratio
-        batch = torch.export.Dim("batch", min=1, max=max(res.max_batch, 2))
-        lat_h = torch.export.Dim("latent_height", min=res.min_res // f, max=res.max_res // f)
-        lat_w = torch.export.Dim("latent_width", min=res.min_res // f, max=res.max_res // f)
-        if self.input_is_image:
-            return ({0: batch, 2: f * lat_h, 3: f * lat_w},)
-        return ({0: batch, 2: lat_h, 3: lat_w},)
 
-    def sample_input(self, cfg, batch: int, height: int, width: int, seed: int) -> torch.Tensor:
-        """Seeded fp32 input: uniform pixels in [-1, 1], or raw-scale latents (unit variance after scaling)."""
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One exportable component, made concrete for a model config and a shape profile.
+
+    Attributes:
+        dims: symbolic dimension -> (min, opt, max); a name with min == max is still symbolic in the
+            manifest but static in the graph.
+        derived: dimension -> (base dimension, factor): ``height = 32 * latent_height`` keeps the
+            exporter's shape guards (strided convolutions) satisfied.
+        points: two parity points (symbolic dimension -> value) inside the profile.
+        module: picks the ``nn.Module`` to export from the loaded parts; its ``forward`` takes the
+            inputs in order.
+    """
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dims: dict[str, tuple[int, int, int]]
+    points: tuple[dict[str, int], ...]
+    module: Callable[[Any], nn.Module]
+    image_output: bool = False
+    derived: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def example_point(self) -> dict[str, int]:
+        """The shape the graph is traced at: the optimum, with batch 2 (size-1 axes would be specialised)."""
+        return {name: (max(opt, 2) if name == "batch" else opt) for name, (_, opt, _) in self.dims.items()}
+
+    def sample_inputs(self, point: dict[str, int], seed: int) -> tuple[torch.Tensor, ...]:
         gen = torch.Generator().manual_seed(seed)
-        shape = self.input_shape(cfg, batch, height, width)
-        if self.input_is_image:
-            return torch.rand(shape, generator=gen) * 2 - 1
-        return torch.randn(shape, generator=gen) / cfg.scaling_factor
+        return tuple(t.make(point, gen) for t in self.inputs)
 
-    def profile(self, cfg, res: Resolution) -> dict[str, tuple[tuple[int, ...], ...]]:
-        shapes = [
-            self.input_shape(cfg, 1, res.min_res, res.min_res),
-            self.input_shape(cfg, 1, res.opt_res, res.opt_res),
-            self.input_shape(cfg, res.max_batch, res.max_res, res.max_res),
-        ]
-        return {self.input_name: tuple(shapes)}
+    def dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
+        """``torch.export.Dim`` per dynamic axis of every input (shared by name across inputs)."""
+        made: dict[str, Any] = {}
+
+        def dim(name: str):
+            if name not in made:
+                if name in self.derived:
+                    base, factor = self.derived[name]
+                    base_dim = dim(base)
+                    made[name] = None if base_dim is None else factor * base_dim  # static base: static too
+                else:
+                    lo, _, hi = self.dims[name]
+                    hi = max(hi, 2) if name == "batch" else hi  # the trace uses batch 2
+                    made[name] = torch.export.Dim(name, min=lo, max=hi) if lo < hi else None
+            return made[name]
+
+        return tuple(
+            {axis: d for axis, d in ((a, dim(s)) for a, s in enumerate(t.shape) if isinstance(s, str)) if d is not None}
+            for t in self.inputs
+        )
+
+    def profile(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """Input name -> (min, opt, max) concrete shapes, for every input with a symbolic axis."""
+        points = [{name: v[i] for name, v in self.dims.items()} for i in range(3)]
+        return {
+            t.name: tuple(t.concrete(p) for p in points)  # type: ignore[misc]
+            for t in self.inputs
+            if any(isinstance(d, str) for d in t.shape)
+        }
 
 
-def _image_shape(cfg, batch, height, width):
-    return (batch, cfg.in_channels, height, width)
-
-
-def _latent_shape(cfg, batch, height, width):
-    return (batch, *cfg.latent_shape(height, width))
+# ---------------------------------------------------------------------------------------------
+# Graph wrappers: a plain forward over the named inputs
+# ---------------------------------------------------------------------------------------------
 
 
 class _Wrapped(nn.Module):
@@ -109,28 +192,126 @@ class _Wrapped(nn.Module):
         return self.inner(x)
 
 
-ENCODER = ComponentSpec("encoder", "image", "latent", True, lambda model: _Wrapped(model.encoder))
-DECODER = ComponentSpec("decoder", "latent", "image", False, lambda model: _Wrapped(model.decoder))
+class _DenoiserGraph(nn.Module):
+    """``forward(latent, timestep, encoder_hidden_states, encoder_attention_mask)`` -> velocity."""
 
-# The components each model kind can export, in export order.
-COMPONENTS: dict[str, dict[str, ComponentSpec]] = {
-    "autoencoder": {"encoder": ENCODER, "decoder": DECODER},
+    def __init__(self, denoiser: nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, latent, timestep, encoder_hidden_states, encoder_attention_mask):
+        return self.denoiser(latent, timestep, encoder_hidden_states, encoder_attention_mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Component factories
+# ---------------------------------------------------------------------------------------------
+
+
+def _spatial_dims(res: Resolution, ratio: int) -> dict[str, tuple[int, int, int]]:
+    lat = (res.min_res // ratio, res.opt_res // ratio, res.max_res // ratio)
+    px = (res.min_res, res.opt_res, res.max_res)
+    return {"latent_height": lat, "latent_width": lat, "height": px, "width": px}
+
+
+def _spatial_points(res: Resolution, ratio: int) -> list[dict[str, int]]:
+    points = []
+    for _, h, w in res.parity_shapes():
+        points.append({"height": h, "width": w, "latent_height": h // ratio, "latent_width": w // ratio})
+    return points
+
+
+def autoencoder_spec(name: str, ae_config, res: Resolution) -> ComponentSpec:
+    """``encoder`` (image -> latent) or ``decoder`` (latent -> image) of a DC-AE config."""
+    f = ae_config.spatial_compression_ratio
+    image = TensorSpec("image", ("batch", ae_config.in_channels, "height", "width"), sample="uniform")
+    latent = TensorSpec(
+        "latent",
+        ("batch", ae_config.latent_channels, "latent_height", "latent_width"),
+        scale=1.0 / ae_config.scaling_factor,  # raw-scale latents: unit variance after scaling
+    )
+    dims = {"batch": (1, 1, res.max_batch), **_spatial_dims(res, f)}
+    points = tuple(
+        {"batch": b, **p} for (b, _, _), p in zip(res.parity_shapes(), _spatial_points(res, f))
+    )
+    if name == "encoder":
+        return ComponentSpec(
+            "encoder", (image,), (latent,), dims, points, lambda parts: _Wrapped(parts.autoencoder.encoder),
+            derived={"height": ("latent_height", f), "width": ("latent_width", f)},
+        )
+    return ComponentSpec(
+        "decoder", (latent,), (image,), dims, points, lambda parts: _Wrapped(parts.autoencoder.decoder),
+        image_output=True,
+    )
+
+
+def denoiser_spec(den_config, res: Resolution, ratio: int, caption_tokens: int) -> ComponentSpec:
+    """SANA denoiser: (latent, timestep, caption states, caption mask) -> velocity; batch up to 2 * max_batch."""
+    c = den_config.in_channels
+    latent_shape = ("batch", c, "latent_height", "latent_width")
+    inputs = (
+        TensorSpec("latent", latent_shape),
+        TensorSpec("timestep", ("batch",), "float32", "timestep", 1000.0 * den_config.timestep_scale),
+        TensorSpec("encoder_hidden_states", ("batch", caption_tokens, den_config.caption_channels)),
+        TensorSpec("encoder_attention_mask", ("batch", caption_tokens), "int64", "mask"),
+    )
+    outputs = (TensorSpec("velocity", ("batch", den_config.out_channels, "latent_height", "latent_width")),)
+    dims = {"batch": (1, 2, 2 * res.max_batch), **_spatial_dims(res, ratio)}
+    dims = {k: v for k, v in dims.items() if k in ("batch", "latent_height", "latent_width")}
+    points = tuple(
+        {"batch": b, "latent_height": p["latent_height"], "latent_width": p["latent_width"]}
+        for b, p in zip((2, 1), _spatial_points(res, ratio))
+    )
+    return ComponentSpec("denoiser", inputs, outputs, dims, points, lambda parts: _DenoiserGraph(parts.denoiser))
+
+
+def text_encoder_spec(te_config, res: Resolution, input_tokens: tuple[int, int], vocab_size: int) -> ComponentSpec:
+    """Token ids + mask (batch, tokens) -> caption states (batch, max_length, hidden).
+
+    ``input_tokens`` is the (shortest, longest) tokenised prompt: equal to ``max_length`` for the word
+    encoder; for Gemma-2 with SANA's instruction prefix the prompt is longer and the graph keeps BOS +
+    the last ``max_length - 1`` positions.
+    """
+    lo, hi = input_tokens
+    length = "tokens" if lo < hi else lo
+    inputs = (
+        TensorSpec("input_ids", ("batch", length), "int64", "ids", float(vocab_size)),
+        TensorSpec("attention_mask", ("batch", length), "int64", "mask"),
+    )
+    outputs = (TensorSpec("text_embeddings", ("batch", te_config.max_length, te_config.hidden_size)),)
+    dims = {"batch": (1, 1, 2 * res.max_batch)}
+    if lo < hi:
+        dims["tokens"] = (lo, hi, hi)
+    points = ({"batch": 1, "tokens": hi}, {"batch": min(2, 2 * res.max_batch), "tokens": lo})
+    points = tuple({k: v for k, v in p.items() if k in dims} for p in points)
+    return ComponentSpec("text_encoder", inputs, outputs, dims, points, lambda parts: parts.text_encoder)
+
+
+# The components each model kind can export, in export order; the second set is the default.
+COMPONENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "autoencoder": (("encoder", "decoder"), ("encoder", "decoder")),
+    "denoiser": (("denoiser",), ("denoiser",)),
+    "text_encoder": (("text_encoder",), ("text_encoder",)),
+    "pipeline": (("text_encoder", "denoiser", "decoder", "encoder"), ("text_encoder", "denoiser", "decoder")),
 }
 
 
-def component_specs(kind: str, variant: str, names: list[str] | None) -> list[ComponentSpec]:
-    available = COMPONENTS.get(kind)
-    if available is None:
+def component_names(kind: str, variant: str, names: list[str] | None) -> list[str]:
+    """Validated component names for a variant of ``kind`` (its defaults when ``names`` is None), export order."""
+    if kind not in COMPONENTS:
         raise DcaeDeployError(
-            f"ONNX export of {kind} variants such as {variant!r} is not available yet; "
+            f"ONNX export of {kind} variants such as {variant!r} is not available; "
             f"exportable kinds: {', '.join(COMPONENTS)}"
         )
+    available, default = COMPONENTS[kind]
     if names is None:
-        return list(available.values())
+        return list(default)
     unknown = [n for n in names if n not in available]
     if unknown:
         raise DcaeDeployError(
             f"{variant!r} is a {kind} with components {', '.join(available)}; it has no "
             f"{', '.join(repr(n) for n in unknown)}"
         )
-    return [available[n] for n in names]
+    if not names:
+        raise DcaeDeployError(f"no components given; {variant!r} has {', '.join(available)}")
+    return [n for n in available if n in names]

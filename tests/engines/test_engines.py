@@ -336,3 +336,54 @@ def test_rtx_leaves_timing_cache_alone(exported, trt_rtx, tmp_path, capsys):
     build_engines(folder, backend="tensorrt-rtx", timing_cache=cache, progress=False)
     assert cache.read_bytes() == b"from full TensorRT"
     assert "TensorRT-RTX ignores timing caches" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Multi-input components: the tiny text-to-image export (text encoder, denoiser, decoder)
+
+
+@pytest.fixture(scope="module")
+def t2i_export(tmp_path_factory):
+    """tiny-t2i (tiny Gemma-2 + tiny SANA DiT + tiny DC-AE decoder), fp32, through the export CLI."""
+    folder = tmp_path_factory.mktemp("t2i-export")
+    argv = [sys.executable, "-m", "dcae_deploy.export", "--model", "tiny-t2i", "--min-res", "64", "--opt-res", "64",
+            "--max-res", "128", "--max-batch", "1", "--output", str(folder)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "RANDOMLY INITIALISED tiny-t2i" in done.stderr
+    return folder
+
+
+@pytest.mark.tensorrt
+def test_rtx_builds_every_t2i_component_with_all_input_profiles(t2i_export, trt_rtx, tmp_path):
+    folder = _copy(t2i_export, tmp_path)
+    manifest = read_manifest(folder)
+    infos = build_engines(folder, backend="tensorrt-rtx", progress=False)
+    assert sorted(infos) == ["decoder", "denoiser", "text_encoder"]
+    for name, info in infos.items():
+        assert info.plan_path.is_file() and info.plan_bytes > 100_000
+        assert info.profiles == manifest.components[name].profiles
+        assert [t.name for t in info.inputs] == [t.name for t in manifest.components[name].inputs]
+    den = load_engine_info(infos["denoiser"].plan_path.parent)["denoiser"]
+    assert sorted(den.profiles) == ["encoder_attention_mask", "encoder_hidden_states", "latent", "timestep"]
+    assert den.profiles["timestep"] == ShapeProfile((1,), (2,), (2,))
+    te = infos["text_encoder"]
+    lo, hi = manifest.pipeline["text_encoder"]["input_tokens"]
+    assert te.profiles["input_ids"] == ShapeProfile((1, lo), (1, hi), (2, hi)) == te.profiles["attention_mask"]
+    assert [t.dtype for t in te.inputs] == ["int64", "int64"]
+
+
+def test_t2i_build_script_lists_every_input(t2i_export, tmp_path):
+    folder = _copy(t2i_export, tmp_path)
+    manifest = read_manifest(folder)
+    text = write_build_script(folder, manifest).read_text()
+    subprocess.run(["bash", "-n", str(folder / "build_engines.sh")], check=True)
+    lo, hi = manifest.pipeline["text_encoder"]["input_tokens"]
+    assert f"--minShapes=input_ids:1x{lo},attention_mask:1x{lo}" in text
+    assert f"--maxShapes=input_ids:2x{hi},attention_mask:2x{hi}" in text
+    assert (
+        "--optShapes=latent:2x32x2x2,timestep:2,encoder_hidden_states:2x24x64,encoder_attention_mask:2x24" in text
+    )
+    for component in ("text_encoder", "denoiser", "decoder"):
+        assert f"--onnx={component}.onnx" in text
+        assert f"engines/tensorrt_rtx-fp32/{component}.plan" in text

@@ -1,0 +1,89 @@
+"""``python -m dcae_deploy.generate``: text to PNG from an export folder, on torch, ONNX Runtime or TensorRT.
+
+::
+
+    python -m dcae_deploy.generate --prompt "a red circle on a blue background" --output out.png
+    python -m dcae_deploy.generate --artifacts export/demo --backend tensorrt --seed 7 --batch 4 --output img.png
+
+Without ``--artifacts`` it uses the shipped demo model (exported once into ``~/.cache/dcae_deploy``,
+or ``$DCAE_DEPLOY_CACHE``). ``--batch N`` writes ``img-0.png`` ... ``img-{N-1}.png`` (seeds seed ... seed+N-1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dcae_deploy.cli import run_cli
+from dcae_deploy.errors import DcaeDeployError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dcae_deploy.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompt", required=True, action="append", help="what to draw (repeat for several images)")
+    p.add_argument("--negative-prompt", default="", help="what to steer away from (default: the empty prompt)")
+    p.add_argument("--artifacts", default=None, help="export folder (manifest.json); default: the shipped demo")
+    p.add_argument("--variant", default=None, help="refuse an export of another pipeline variant")
+    p.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime", "tensorrt"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch / ONNX Runtime device")
+    p.add_argument("--engine-dir", default=None, help="TensorRT plans (default: the one under ARTIFACTS/engines)")
+    p.add_argument("--checkpoint", default=None, help="torch backend: pipeline folder (default: the manifest's)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--sampler", default=None, choices=("dpm-solver++", "euler"))
+    p.add_argument("--seed", type=int, default=0, help="initial-noise seed; image i of a batch uses seed + i")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--batch", type=int, default=1, help="images per prompt")
+    p.add_argument("--low-memory", action="store_true", help="hold one stage's model at a time")
+    p.add_argument("--tile-size", type=int, default=None, help="decode in tiles of this many pixels")
+    p.add_argument("--verbose", action="store_true", help="per-stage timings")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--output", required=True, help="PNG path (a batch adds -0, -1, ... before .png)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dcae_deploy.runtime import BackendOptions, GenerationConfig, TextToImage, load_artifacts
+    from dcae_deploy.runtime.image import output_paths, save_png
+
+    if args.batch < 1:
+        raise DcaeDeployError(f"--batch must be at least 1, got {args.batch}")
+    if not args.output.lower().endswith(".png"):
+        raise DcaeDeployError(f"--output {args.output} must end in .png")
+    if args.artifacts is None:
+        from dcae_deploy.runtime.demo import demo_artifacts
+
+        artifacts = demo_artifacts()
+        if args.variant not in (None, artifacts.variant):
+            raise DcaeDeployError(f"the shipped demo is {artifacts.variant!r}, not {args.variant!r}: pass --artifacts")
+    else:
+        artifacts = load_artifacts(args.artifacts, variant=args.variant)
+    from dcae_deploy.runtime.backends import open_backend
+
+    options = BackendOptions(device=args.device, engine_dir=args.engine_dir, checkpoint=args.checkpoint)
+    config = GenerationConfig(
+        prompts=tuple(p for p in args.prompt for _ in range(args.batch)),
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        height=args.height,
+        width=args.width,
+        sampler=args.sampler,
+        tile_size=args.tile_size,
+    )
+    backend = open_backend(args.backend, artifacts, options)
+    with TextToImage(artifacts, backend, low_memory=args.low_memory, progress=not args.quiet,
+                     verbose=args.verbose) as t2i:
+        result = t2i.generate(config)
+    for image, path in zip(result.images, output_paths(args.output, len(result.images))):
+        save_png(image, path)
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

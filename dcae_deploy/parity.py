@@ -1,0 +1,188 @@
+"""``python -m dcae_deploy.parity``: one seeded generation per backend, each stage compared with PyTorch fp32.
+
+::
+
+    python -m dcae_deploy.parity --artifacts export/demo --backends torch,onnxruntime,tensorrt
+    python -m dcae_deploy.parity --regenerate-golden        # rewrite tests/data/golden/ on purpose
+
+Stages: the text embeddings, the denoiser's first-step output, the final latent and the decoded image.
+Tolerances are the export gate's (:mod:`dcae_deploy.export.parity`): relative L2 <= 1e-4 for fp32 exports;
+<= 1e-2 and image PSNR >= 35 dB for fp16/bf16. Exits with status 1 when any stage is past its tolerance.
+
+Golden files (``tests/data/golden/<name>.npz``) hold a recipe (variant, export profile, prompt, seed,
+steps, size) and the PyTorch fp32 outputs of every stage for it, from randomly initialised weights
+(``build_pipeline(variant, seed=0)``); ``tests/runtime/test_golden.py`` checks current outputs against them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dcae_deploy.cli import run_cli
+from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.export.parity import MIN_IMAGE_PSNR_DB, REL_L2, ParityRecord, compare
+
+STAGES = ("text_embeddings", "first_step", "latent", "image")
+GOLDEN_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "golden"
+
+
+@dataclass(frozen=True)
+class GoldenRecipe:
+    """How a golden file was made: export profile + generation request (PyTorch fp32, random weights, seed 0)."""
+
+    name: str = "demo-64px"
+    variant: str = "demo"
+    min_res: int = 64
+    opt_res: int = 64
+    max_res: int = 128
+    max_batch: int = 2
+    prompt: str = "a red circle on a blue background"
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 4
+    height: int = 64
+    width: int = 64
+
+    def generation(self):
+        from dcae_deploy.runtime import GenerationConfig
+
+        return GenerationConfig(prompts=(self.prompt,), negative_prompt=self.negative_prompt, seed=self.seed,
+                                steps=self.steps, height=self.height, width=self.width)
+
+    def export(self, folder: str | Path):
+        """Export the recipe's pipeline (random weights, seed 0) to ``folder``."""
+        from dcae_deploy.export import export_model
+
+        return export_model(self.variant, folder, checkpoint=None, precision="fp32", min_res=self.min_res,
+                            opt_res=self.opt_res, max_res=self.max_res, max_batch=self.max_batch)
+
+
+def run_backend(artifacts, backend: str, generation, options=None):
+    """One generation on ``backend``: a :class:`~dcae_deploy.runtime.GenerationResult`."""
+    from dcae_deploy.runtime import TextToImage, open_backend
+
+    with TextToImage(artifacts, open_backend(backend, artifacts, options), progress=False) as t2i:
+        return t2i.generate(generation)
+
+
+def compare_stages(stages: dict, reference: dict, precision: str, runner: str) -> list[ParityRecord]:
+    return [
+        compare(stage, stage, np.asarray(stages[stage], np.float32), np.asarray(reference[stage], np.float32),
+                precision, is_image=stage == "image", runner=runner)
+        for stage in STAGES
+    ]
+
+
+def format_table(rows: list[tuple[str, ParityRecord]]) -> str:
+    lines = [f"{'backend':<14} {'stage':<16} {'shape':<18} {'rel L2':>10} {'limit':>8} {'PSNR dB':>8}  verdict"]
+    for backend, r in rows:
+        psnr = "" if r.psnr_db is None else f"{r.psnr_db:.1f}"
+        lines.append(f"{backend:<14} {r.component:<16} {str(r.shape):<18} {r.rel_l2:>10.3g} {r.rel_l2_limit:>8g} "
+                     f"{psnr:>8}  {'ok' if r.passed else 'FAILED'}")
+    return "\n".join(lines)
+
+
+# --- golden files ------------------------------------------------------------------------------
+
+
+def write_golden(path: Path, recipe: GoldenRecipe, stages: dict[str, np.ndarray]) -> Path:
+    from dcae_deploy.checkpoints import atomic_write
+
+    arrays = {k: np.asarray(stages[k], np.float32) for k in STAGES}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, recipe=np.array(json.dumps(asdict(recipe))), **arrays)
+
+    atomic_write(path, write)
+    return path
+
+
+def read_golden(path: Path) -> tuple[GoldenRecipe, dict[str, np.ndarray]]:
+    if not path.is_file():
+        raise DcaeDeployError(f"golden file {path} not found: create it with `python -m dcae_deploy.parity --regenerate-golden`")
+    with np.load(path) as data:
+        recipe = GoldenRecipe(**json.loads(str(data["recipe"])))
+        return recipe, {k: data[k] for k in STAGES}
+
+
+def regenerate_golden(folder: Path = GOLDEN_DIR, recipe: GoldenRecipe = GoldenRecipe()) -> Path:
+    """Export the recipe's pipeline to a temporary folder, run PyTorch fp32, write ``folder/<name>.npz``."""
+    from dcae_deploy.runtime import load_artifacts
+
+    with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
+        recipe.export(tmp)
+        result = run_backend(load_artifacts(tmp, variant=recipe.variant), "torch", recipe.generation())
+    return write_golden(Path(folder) / f"{recipe.name}.npz", recipe, result.stages)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dcae_deploy.parity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifacts", help="export folder of a text-to-image pipeline")
+    p.add_argument("--backends", default="torch,onnxruntime", help="comma-separated; torch fp32 is the reference")
+    p.add_argument("--prompt", default="a red circle on a blue background")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--checkpoint", default=None, help="torch weights (default: the manifest's checkpoint)")
+    p.add_argument("--engine-dir", default=None)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", default=None, help="also write the records to this JSON file")
+    p.add_argument("--regenerate-golden", action="store_true",
+                   help=f"rewrite the golden files in {GOLDEN_DIR} (on purpose: after an intended numerical change)")
+    p.add_argument("--golden-dir", default=str(GOLDEN_DIR))
+    args = p.parse_args(argv)
+
+    if args.regenerate_golden:
+        path = regenerate_golden(Path(args.golden_dir))
+        print(f"wrote {path}")
+        return 0
+    if not args.artifacts:
+        p.error("--artifacts is required (or --regenerate-golden)")
+
+    from dcae_deploy.runtime import BACKENDS, BackendOptions, GenerationConfig, load_artifacts
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise DcaeDeployError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    artifacts = load_artifacts(args.artifacts)
+    options = BackendOptions(device=args.device, engine_dir=args.engine_dir, checkpoint=args.checkpoint)
+    generation = GenerationConfig(prompts=(args.prompt,), negative_prompt=args.negative_prompt, seed=args.seed,
+                                  steps=args.steps, height=args.height, width=args.width)
+    reference = run_backend(artifacts, "torch", generation, options).stages
+    rows = []
+    for backend in (b for b in backends if b != "torch"):
+        result = run_backend(artifacts, backend, generation, options)
+        rows += [(backend, r) for r in compare_stages(result.stages, reference, artifacts.precision, backend)]
+    limit = f"rel L2 <= {REL_L2[artifacts.precision]:g}" + (
+        "" if artifacts.precision == "fp32" else f", image PSNR >= {MIN_IMAGE_PSNR_DB:g} dB")
+    print(f"{artifacts.variant} ({artifacts.precision}) vs PyTorch fp32, seed {args.seed}; tolerance {limit}")
+    print(format_table(rows) if rows else "(only the torch reference ran: add --backends torch,onnxruntime)")
+    if args.json:
+        from dcae_deploy.checkpoints import write_json
+
+        write_json(args.json, {"precision": artifacts.precision,
+                               "records": [dict(r.to_dict(), backend=b) for b, r in rows]})
+    failed = [r for _, r in rows if not r.passed]
+    if failed:
+        print(f"{len(failed)} stage(s) past tolerance", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,64 @@
+"""The shipped demo model: ``dcae_deploy/demo/`` (a pipeline folder) exported once into a cache folder.
+
+Cache folder: ``$DCAE_DEPLOY_CACHE/demo-<sha>`` or ``~/.cache/dcae_deploy/demo-<sha>``, where ``<sha>`` is
+the first 12 hex digits of a SHA-256 over the demo folder's files, so new weights get a new export.
+The first run exports (this needs torch and takes about half a minute); later runs only read the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+import sys
+from pathlib import Path
+
+from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.runtime.artifacts import Artifacts, load_artifacts
+
+DEMO_VARIANT = "demo"
+CACHE_ENV = "DCAE_DEPLOY_CACHE"
+# The demo export's profile: 128px is the demo's training size; 256px and batch 2 leave room.
+DEMO_EXPORT = dict(precision="fp32", min_res=128, opt_res=128, max_res=256, max_batch=2)
+
+
+def demo_folder() -> Path:
+    """``dcae_deploy/demo`` inside the installed package (raises if it was not shipped)."""
+    folder = Path(str(importlib.resources.files("dcae_deploy") / "demo"))
+    if not (folder / "pipeline.json").is_file():
+        raise DcaeDeployError(
+            f"the demo model is not installed ({folder} has no pipeline.json): pass --artifacts EXPORT_DIR "
+            "with a folder written by `python -m dcae_deploy.export`, or reinstall dcae_deploy with its demo"
+        )
+    return folder
+
+
+def weights_sha(folder: Path, length: int = 12) -> str:
+    """Short SHA-256 over every file of ``folder`` (relative paths and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def cache_folder(folder: Path) -> Path:
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dcae_deploy").expanduser()
+    return root / f"{DEMO_VARIANT}-{weights_sha(folder)}"
+
+
+def demo_artifacts() -> Artifacts:
+    """The demo's export, made on first use (needs torch then) and read from the cache afterwards."""
+    folder = demo_folder()
+    cache = cache_folder(folder)
+    try:
+        return load_artifacts(cache, variant=DEMO_VARIANT)
+    except DcaeDeployError:
+        pass
+    print(f"[generate] first run: exporting the demo model to {cache} (once) ...", file=sys.stderr)
+    from dcae_deploy.export import export_model
+
+    export_model(DEMO_VARIANT, cache, checkpoint=folder, **DEMO_EXPORT)
+    return load_artifacts(cache, variant=DEMO_VARIANT)

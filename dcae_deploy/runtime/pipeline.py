@@ -1,0 +1,291 @@
+"""Text to image over any backend: tokenizer -> text encoder -> denoiser loop -> latent / scaling_factor -> decoder.
+
+::
+
+    from dcae_deploy.runtime import GenerationConfig, TextToImage
+
+    with TextToImage.open("export/demo", backend="onnxruntime") as t2i:
+        result = t2i.generate(GenerationConfig(prompts=("a red circle on a blue background",), seed=0))
+    result.images[0]            # (H, W, 3) uint8
+
+Seeds: image ``i`` of a batch starts from ``numpy.random.default_rng(seed + i).standard_normal`` (float32),
+so the same seed gives the same initial noise, and therefore the same image up to the backend's numerics,
+on every backend and machine; a prompt at batch position ``i`` matches that prompt alone with ``seed + i``.
+
+The negative prompt defaults to the empty prompt, whose embedding SANA uses as the unconditional branch;
+guidance runs both branches in one doubled denoiser batch (negative first) when ``guidance_scale > 1``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.runtime.artifacts import Artifacts, load_artifacts
+from dcae_deploy.runtime.backends import Backend, BackendOptions, open_backend
+from dcae_deploy.runtime.errors import NonFiniteError
+from dcae_deploy.runtime.image import to_uint8
+from dcae_deploy.runtime.progress import ProgressBar, Timings
+from dcae_deploy.runtime.runners.base import Runner
+from dcae_deploy.runtime.schedulers import SamplerConfig, sample
+from dcae_deploy.runtime.tiling import TileConfig, decode_tiled
+
+STAGES = ("text_encoder", "denoiser", "decoder")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """One request. ``None`` fields take the manifest's defaults (``pipeline.defaults``).
+
+    ``tile_size`` (pixels, a multiple of the compression ratio) decodes in tiles of that side, to bound
+    decoder memory; images larger than the decoder profile are tiled at the profile's largest side anyway.
+    ``tile_overlap`` defaults to a quarter tile.
+    """
+
+    prompts: tuple[str, ...]
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int | None = None
+    guidance_scale: float | None = None
+    height: int | None = None
+    width: int | None = None
+    sampler: str | None = None
+    tile_size: int | None = None
+    tile_overlap: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    """``images`` (B, H, W, 3) uint8; ``stages`` holds each stage's output for parity checks:
+    ``text_embeddings`` ([negative..., positive...] rows when guided), ``first_step`` (the denoiser's raw output
+    at step 0), ``latent`` (final, scaled latent) and ``image`` (decoder output, float32 in about [-1, 1])."""
+
+    images: np.ndarray
+    stages: dict[str, np.ndarray]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_prompts(prompts: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(prompts, str):
+        prompts = (prompts,)
+    if not prompts:
+        raise DcaeDeployError("no prompt given: pass --prompt 'a red circle on a blue background'")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise DcaeDeployError(
+                "the prompt is empty: describe the image, e.g. --prompt 'a red circle on a blue background' "
+                "(an empty prompt is only meaningful as --negative-prompt, its default)"
+            )
+    return tuple(prompts)
+
+
+class TextToImage:
+    """A text-to-image pipeline over one artifacts folder and one backend.
+
+    ``low_memory=True`` holds one stage's runner at a time (text encoder: load -> run -> close, then the
+    denoiser, then the decoder); otherwise runners stay loaded between calls until :meth:`close`.
+    """
+
+    def __init__(self, artifacts: Artifacts, backend: Backend, *, low_memory: bool = False,
+                 progress: bool = True, verbose: bool = False) -> None:
+        self.artifacts, self.backend = artifacts, backend
+        self.low_memory, self.progress, self.verbose = low_memory, progress, verbose
+        self._runners: dict[str, Runner] = {}
+        self._tokenizer = None
+
+    @classmethod
+    def open(cls, folder: str | Path, backend: str = "onnxruntime", *, variant: str | None = None,
+             options: BackendOptions | None = None, **kwargs) -> "TextToImage":
+        artifacts = load_artifacts(folder, variant=variant)
+        return cls(artifacts, open_backend(backend, artifacts, options), **kwargs)
+
+    # --- runners ------------------------------------------------------------------------------
+
+    def _runner(self, stage: str) -> Runner:
+        if stage not in self._runners:
+            self._runners[stage] = self.backend.runner(stage).load()
+        return self._runners[stage]
+
+    def _release(self, stage: str) -> None:
+        if self.low_memory and stage in self._runners:
+            self._runners.pop(stage).close()
+
+    def close(self) -> None:
+        while self._runners:
+            self._runners.popitem()[1].close()
+
+    def __enter__(self) -> "TextToImage":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            info = self.artifacts.pipeline.text_encoder
+            if info.family != "word":
+                raise DcaeDeployError(
+                    f"the runtime has no torch-free tokenizer for text encoder family {info.family!r} yet; "
+                    "use the torch pipeline for this model"
+                )
+            from dcae_deploy.tokenizer import WordTokenizer
+
+            self._tokenizer = WordTokenizer.load(self.artifacts.tokenizer_path())
+        return self._tokenizer
+
+    def resolve(self, config: GenerationConfig) -> GenerationConfig:
+        """Fill defaults from the manifest and check the request against the export's profiles."""
+        d = self.artifacts.pipeline.defaults
+        config = replace(
+            config,
+            prompts=check_prompts(config.prompts),
+            steps=d.steps if config.steps is None else config.steps,
+            guidance_scale=d.guidance_scale if config.guidance_scale is None else config.guidance_scale,
+            height=d.height if config.height is None else config.height,
+            width=d.width if config.width is None else config.width,
+            sampler=d.sampler if config.sampler is None else config.sampler,
+        )
+        ratio = self.artifacts.pipeline.autoencoder.spatial_compression_ratio
+        allowed = self.artifacts.size_range("denoiser")
+        for flag, side in (("--height", config.height), ("--width", config.width)):
+            if side <= 0 or side % ratio:
+                raise DcaeDeployError(
+                    f"{flag} {side} must be a positive multiple of the compression ratio {ratio} "
+                    f"(allowed: {allowed.describe()})"
+                )
+            if not allowed.min_side <= side <= allowed.max_side:
+                raise DcaeDeployError(
+                    f"{flag} {side} is outside this export's profile of {self.artifacts.variant}: "
+                    f"{allowed.describe()}. Pick a size in that range, or re-export with --min-res/--max-res covering it"
+                )
+        if config.tile_size is not None:
+            dec = self.artifacts.size_range("decoder")
+            if config.tile_size % ratio or not dec.min_side <= config.tile_size <= dec.max_side:
+                raise DcaeDeployError(
+                    f"--tile-size {config.tile_size} must be a multiple of {ratio} inside the decoder profile "
+                    f"({dec.describe()})"
+                )
+        return config
+
+    def _check(self, stage: str, array: np.ndarray) -> None:
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(array.size - finite.sum())
+            raise NonFiniteError(stage, self.backend.name, f"{bad} of {array.size} values in {array.shape}")
+
+    # --- the stages ---------------------------------------------------------------------------
+
+    def encode_text(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings float32 (N, L, C), attention mask int64 (N, L)) for ``texts``, in text-encoder batches."""
+        tokenizer = self.tokenizer()
+        unknown = sorted({w for t in texts for w in tokenizer.unknown_words(t)})
+        if unknown:
+            print(f"[generate] warning: words outside the vocabulary are ignored as <unk>: {', '.join(unknown)}",
+                  file=sys.stderr)
+        ids, mask = tokenizer(list(texts))
+        runner = self._runner("text_encoder")
+        chunk = self.artifacts.max_batch("text_encoder")
+        out = []
+        for s in range(0, len(ids), chunk):
+            result = runner.infer({"input_ids": ids[s:s + chunk], "attention_mask": mask[s:s + chunk]})
+            out.append(np.asarray(result["text_embeddings"], dtype=np.float32))
+        emb = np.concatenate(out)
+        self._check("text_encoder", emb)
+        return emb, mask
+
+    def generate(self, config: GenerationConfig) -> GenerationResult:
+        config = self.resolve(config)
+        timings = Timings()
+        pipe = self.artifacts.pipeline
+        ratio = pipe.autoencoder.spatial_compression_ratio
+        sampler = SamplerConfig(config.sampler, config.steps, pipe.defaults.flow_shift, config.guidance_scale)
+        n = len(config.prompts)
+
+        with timings.stage("text_encoder"):
+            guided = sampler.uses_guidance
+            texts = ([config.negative_prompt] if guided else []) + list(config.prompts)
+            emb, mask = self.encode_text(texts)
+            self._release("text_encoder")
+        if guided:  # the negative rows, one per image, then the prompts: [neg * n, pos * n]
+            emb = np.concatenate([np.repeat(emb[:1], n, axis=0), emb[1:]])
+            mask = np.concatenate([np.repeat(mask[:1], n, axis=0), mask[1:]])
+
+        h, w = config.height // ratio, config.width // ratio
+        noise = np.stack([
+            np.random.default_rng(config.seed + i).standard_normal((pipe.autoencoder.latent_channels, h, w), dtype=np.float32)
+            for i in range(n)
+        ])
+        per_call = max(1, self.artifacts.max_batch("denoiser") // (2 if guided else 1))
+        bar = ProgressBar(config.steps * -(-n // per_call), "denoise", enabled=self.progress)
+        latents, first_steps = [], []
+        with timings.stage("denoiser"):
+            runner = self._runner("denoiser")
+            for s in range(0, n, per_call):
+                rows = list(range(s, min(s + per_call, n)))
+                rows2 = rows + [n + r for r in rows] if guided else rows
+                states = runner.prepare({"latent": noise[rows], "timestep": np.zeros(len(rows2), np.float32),
+                                         "encoder_hidden_states": emb[rows2], "encoder_attention_mask": mask[rows2]})
+                first: list[np.ndarray] = []
+
+                def velocity(x, t, states=states, first=first):
+                    feeds = dict(states, latent=x,
+                                 timestep=np.full(len(x), t * pipe.denoiser.timestep_scale, np.float32))
+                    v = np.asarray(runner.infer(feeds)["velocity"], dtype=np.float32)
+                    self._check("denoiser", v)
+                    if not first:
+                        first.append(v)
+                    return v
+
+                latents.append(sample(velocity, noise[rows], sampler, callback=lambda i, v: bar.update()))
+                first_steps.append(first[0])
+            self._release("denoiser")
+        latent = np.concatenate(latents)
+
+        with timings.stage("decoder"):
+            image = self.decode(latent, config)
+            self._release("decoder")
+        result = GenerationResult(
+            images=to_uint8(image),
+            stages={"text_embeddings": emb, "first_step": np.concatenate(first_steps), "latent": latent, "image": image},
+            timings=dict(timings.seconds),
+        )
+        if self.verbose:
+            print(timings.report(), file=sys.stderr)
+        return result
+
+    def decode(self, latent: np.ndarray, config: GenerationConfig) -> np.ndarray:
+        """Scaled latent (B, C, h, w) -> image (B, 3, H, W) float32; tiled beyond the decoder profile or ``tile_size``."""
+        pipe = self.artifacts.pipeline
+        ratio = pipe.autoencoder.spatial_compression_ratio
+        dec = self.artifacts.size_range("decoder")
+        runner = self._runner("decoder")
+        unscaled = (latent / np.float32(pipe.autoencoder.scaling_factor)).astype(np.float32)
+        side = config.tile_size or (None if dec.contains(*(s * ratio for s in latent.shape[2:])) else dec.max_side)
+        batch = self.artifacts.max_batch("decoder")
+
+        def run(z: np.ndarray) -> np.ndarray:
+            parts = [np.asarray(runner.infer({"latent": z[s:s + batch]})["image"], dtype=np.float32)
+                     for s in range(0, len(z), batch)]
+            return np.concatenate(parts)
+
+        if side is None:
+            image = run(unscaled)
+        else:
+            tile = side // ratio
+            overlap = (config.tile_overlap // ratio) if config.tile_overlap is not None else max(1, tile // 4)
+            image = decode_tiled(run, unscaled, ratio, TileConfig(tile, min(overlap, tile - 1)))
+        self._check("decoder", image)
+        return image
+
+
+def generate(folder: str | Path, config: GenerationConfig, backend: str = "onnxruntime", **kwargs) -> GenerationResult:
+    """One-shot: open ``folder`` on ``backend``, generate, close."""
+    with TextToImage.open(folder, backend, **kwargs) as t2i:
+        return t2i.generate(config)

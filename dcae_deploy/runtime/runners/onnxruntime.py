@@ -1,0 +1,114 @@
+"""ONNX Runtime runner: CPU EP, or CUDA EP with IO binding when ``onnxruntime-gpu`` sees a GPU.
+
+CUDA EP notes (see shared/gpu-notes.md): ``onnxruntime.preload_dlls()`` is called first so that the
+CUDA 13 libraries installed as pip packages are found; TF32 is off for fp32 graphs (``use_tf32=0``) so
+that fp32 parity holds; inputs are copied host -> device with ``OrtValue.ortvalue_from_numpy`` (a
+synchronous copy, so no cross-stream hazard), and an input passed again as the *same* array object
+(the caption states across denoiser steps) keeps its device copy. The CUDA path could not be run on
+the CPU-only development machine; it is exercised on a GPU machine only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dcae_deploy.manifest import Component
+from dcae_deploy.runtime.errors import BackendError
+from dcae_deploy.runtime.runners.base import Runner
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendError(
+            "ONNX Runtime is not installed: `pip install onnxruntime` (CPU) or `pip install onnxruntime-gpu` (CUDA)"
+        ) from exc
+    return ort
+
+
+def cuda_available() -> bool:
+    ort = _import_ort()
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(
+        self, component: Component, graph: str | Path, precision: str, device: str = "auto", threads: int | None = None
+    ) -> None:
+        super().__init__(component)
+        if device not in DEVICES:
+            raise BackendError(f"unknown ONNX Runtime device {device!r}; choose one of {', '.join(DEVICES)}")
+        self.graph = Path(graph)
+        self.precision = precision
+        self.device = device
+        self.threads = threads
+        self._session = None
+        self._cuda = False
+        self._bound: dict[str, tuple[np.ndarray, object]] = {}
+
+    def _load(self) -> None:
+        ort = _import_ort()
+        self._cuda = self.device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers()
+        if self.device == "cuda" and not self._cuda:
+            raise BackendError(
+                "--device cuda asked for ONNX Runtime's CUDA EP, which this onnxruntime does not have: "
+                "`pip install onnxruntime-gpu` (and a CUDA-capable GPU), or use --device cpu"
+            )
+        providers: list = ["CPUExecutionProvider"]
+        if self._cuda:
+            if hasattr(ort, "preload_dlls"):
+                ort.preload_dlls()
+            cuda_options = {"device_id": 0, "use_tf32": 0 if self.precision == "fp32" else 1}
+            providers.insert(0, ("CUDAExecutionProvider", cuda_options))
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        try:
+            self._session = ort.InferenceSession(str(self.graph), options, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail / InvalidGraph / NotImplemented types
+            hint = " (ONNX Runtime's CPU EP has no bf16 convolution: use an fp32/fp16 export or a GPU)" if (
+                self.precision == "bf16" and not self._cuda
+            ) else ""
+            raise BackendError(f"ONNX Runtime cannot load {self.graph}: {exc}{hint}") from exc
+        self.providers = self._session.get_providers()
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            if self._cuda:
+                return self._infer_cuda(feeds)
+            return dict(zip(self._outputs, self._session.run(self._outputs, feeds)))
+        except BackendError:
+            raise
+        except Exception as exc:
+            shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+            raise BackendError(f"ONNX Runtime failed on {self.name} with inputs {shapes}: {exc}") from exc
+
+    def _infer_cuda(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        binding = self._session.io_binding()
+        for name, array in feeds.items():
+            cached = self._bound.get(name)
+            if cached is not None and cached[0] is array:
+                value = cached[1]
+            else:
+                value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0)
+                self._bound[name] = (array, value)  # keep the array alive: identity is the cache key
+            binding.bind_ortvalue_input(name, value)
+        for name in self._outputs:
+            binding.bind_output(name, "cuda", 0)
+        self._session.run_with_iobinding(binding)
+        return dict(zip(self._outputs, binding.copy_outputs_to_cpu()))
+
+    def _close(self) -> None:
+        self._session = None
+        self._bound.clear()

@@ -1,0 +1,229 @@
+"""TensorRT / TensorRT-RTX engine runner (``tensorrt`` or ``tensorrt_rtx``, imported lazily).
+
+Only a ``.plan`` and the manifest's tensor names are needed, so engines built by ``trtexec`` (or the
+``tensorrt_rtx`` CLI) run as well as those of ``python -m dcae_deploy.engines``. Per call: every input
+shape is set (and checked against the engine's profile), device buffers grow as needed, inputs are
+copied host -> device, ``execute_async_v3`` runs on a private stream and outputs are copied back.
+
+Device memory and copies go through cuda-python (``cuda.bindings.runtime`` or the older ``cuda.cudart``)
+or, without it, through ``libcudart`` loaded with ctypes (TensorRT wheels bring the CUDA runtime along).
+None of this can run on the CPU-only development machine (TensorRT needs a GPU to deserialize a plan);
+its tests are marked ``tensorrt`` + ``gpu`` and skip there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib
+from pathlib import Path
+
+import numpy as np
+
+from dcae_deploy.manifest import Component
+from dcae_deploy.runtime.errors import BackendError
+from dcae_deploy.runtime.runners.base import Runner, numpy_dtype
+
+MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+_TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
+               "BOOL": "bool", "INT8": "int8", "UINT8": "uint8"}
+_HOST_TO_DEVICE, _DEVICE_TO_HOST = 1, 2
+
+
+def import_tensorrt(flavour: str | None = None):
+    """``(flavour, module)`` for ``"tensorrt"``, ``"tensorrt-rtx"`` or ``None`` (TensorRT first, then RTX)."""
+    candidates = [flavour] if flavour else list(MODULES)
+    failures = []
+    for name in candidates:
+        if name not in MODULES:
+            raise BackendError(f"unknown TensorRT flavour {name!r}; choose one of {', '.join(MODULES)}")
+        try:
+            return name, importlib.import_module(MODULES[name])
+        except ImportError as exc:
+            failures.append(f"`import {MODULES[name]}` failed ({exc})")
+    raise BackendError(
+        f"no TensorRT runtime: {'; '.join(failures)}. Install `tensorrt` (NVIDIA's index) or "
+        "`tensorrt-rtx-cu13` for RTX GPUs, plus `cuda-python`"
+    )
+
+
+class CudaRuntime:
+    """The few CUDA runtime calls the runner needs, over cuda-python or ctypes + libcudart."""
+
+    def __init__(self) -> None:
+        self._cudart = None
+        try:
+            try:
+                from cuda.bindings import runtime as cudart
+            except ImportError:
+                from cuda import cudart  # cuda-python < 12.6
+            self._cudart = cudart
+        except ImportError:
+            self._lib = self._load_libcudart()
+
+    @staticmethod
+    def _load_libcudart():
+        names = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.13", "libcudart.so.12",
+                 "cudart64_13.dll", "cudart64_12.dll", "cudart64_130.dll", "cudart64_120.dll"]
+        for name in filter(None, names):
+            try:
+                lib = ctypes.CDLL(name)
+            except OSError:
+                continue
+            vp, sz = ctypes.c_void_p, ctypes.c_size_t
+            lib.cudaMalloc.argtypes = [ctypes.POINTER(vp), sz]
+            lib.cudaFree.argtypes = [vp]
+            lib.cudaMemcpyAsync.argtypes = [vp, vp, sz, ctypes.c_int, vp]
+            lib.cudaStreamCreate.argtypes = [ctypes.POINTER(vp)]
+            lib.cudaStreamSynchronize.argtypes = [vp]
+            lib.cudaStreamDestroy.argtypes = [vp]
+            lib.cudaGetErrorString.restype = ctypes.c_char_p
+            return lib
+        raise BackendError("TensorRT buffers need the CUDA runtime: `pip install cuda-python` (or put libcudart on the library path)")
+
+    def _check(self, result, what: str):
+        if self._cudart is not None:
+            err, *rest = result if isinstance(result, tuple) else (result,)
+            if int(err) != 0:
+                raise BackendError(f"CUDA {what} failed: {self._cudart.cudaGetErrorString(err)[1]!r}")
+            return rest[0] if rest else None
+        if result != 0:
+            raise BackendError(f"CUDA {what} failed: {self._lib.cudaGetErrorString(result).decode()}")
+        return None
+
+    def malloc(self, nbytes: int) -> int:
+        if self._cudart is not None:
+            return int(self._check(self._cudart.cudaMalloc(nbytes), "cudaMalloc"))
+        ptr = ctypes.c_void_p()
+        self._check(self._lib.cudaMalloc(ctypes.byref(ptr), nbytes), "cudaMalloc")
+        return int(ptr.value or 0)
+
+    def free(self, ptr: int) -> None:
+        if self._cudart is not None:
+            self._check(self._cudart.cudaFree(ptr), "cudaFree")
+        else:
+            self._check(self._lib.cudaFree(ctypes.c_void_p(ptr)), "cudaFree")
+
+    def stream_create(self):
+        if self._cudart is not None:
+            return self._check(self._cudart.cudaStreamCreate(), "cudaStreamCreate")
+        stream = ctypes.c_void_p()
+        self._check(self._lib.cudaStreamCreate(ctypes.byref(stream)), "cudaStreamCreate")
+        return stream
+
+    @staticmethod
+    def handle(stream) -> int:
+        return int(stream.value or 0) if isinstance(stream, ctypes.c_void_p) else int(stream)
+
+    def copy(self, dst: int, src: int, nbytes: int, kind: int, stream) -> None:
+        if self._cudart is not None:
+            kinds = self._cudart.cudaMemcpyKind
+            k = kinds.cudaMemcpyHostToDevice if kind == _HOST_TO_DEVICE else kinds.cudaMemcpyDeviceToHost
+            self._check(self._cudart.cudaMemcpyAsync(dst, src, nbytes, k, stream), "cudaMemcpyAsync")
+        else:
+            self._check(self._lib.cudaMemcpyAsync(ctypes.c_void_p(dst), ctypes.c_void_p(src), nbytes, kind, stream),
+                        "cudaMemcpyAsync")
+
+    def synchronize(self, stream) -> None:
+        fn = self._cudart.cudaStreamSynchronize if self._cudart is not None else self._lib.cudaStreamSynchronize
+        self._check(fn(stream), "cudaStreamSynchronize")
+
+    def stream_destroy(self, stream) -> None:
+        fn = self._cudart.cudaStreamDestroy if self._cudart is not None else self._lib.cudaStreamDestroy
+        self._check(fn(stream), "cudaStreamDestroy")
+
+
+class TensorRTRunner(Runner):
+    """One deserialised engine; tensors are bound by the manifest's names."""
+
+    backend = "tensorrt"
+
+    def __init__(self, component: Component, plan: str | Path, flavour: str | None = None) -> None:
+        super().__init__(component)
+        self.plan = Path(plan)
+        self.flavour = flavour
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
+
+    def _load(self) -> None:
+        if not self.plan.is_file():
+            raise BackendError(f"engine {self.plan} not found: build it with `python -m dcae_deploy.engines build`")
+        self.flavour, trt = import_tensorrt(self.flavour)
+        self.backend = self.flavour
+        self._trt = trt
+        self._cuda = CudaRuntime()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
+        if engine is None:
+            raise BackendError(
+                f"{self.flavour} could not deserialize {self.plan}: it was built by another version or for "
+                "another GPU (TensorRT-RTX runs on compute capability 8.0, 8.6, 8.9, 12.x); rebuild it here"
+            )
+        self._engine = engine
+        self._context = engine.create_execution_context()
+        self._check_bindings()
+        self._stream = self._cuda.stream_create()
+
+    def _check_bindings(self) -> None:
+        trt, engine = self._trt, self._engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = {n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
+        outputs = set(names) - inputs
+        want_in = {t.name for t in self.component.inputs}
+        want_out = {t.name for t in self.component.outputs}
+        if inputs != want_in or outputs != want_out:
+            raise BackendError(
+                f"{self.plan} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; the manifest's "
+                f"{self.name} has {sorted(want_in)} -> {sorted(want_out)}: the plan was built from another graph"
+            )
+        for t in (*self.component.inputs, *self.component.outputs):
+            found = _TRT_DTYPES.get(engine.get_tensor_dtype(t.name).name, "?")
+            if found != t.dtype:
+                raise BackendError(f"{self.plan}: tensor {t.name!r} is {found} in the engine, {t.dtype} in the manifest")
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, capacity = self._buffers.get(name, (0, 0))
+        if nbytes > capacity:
+            if ptr:
+                self._cuda.free(ptr)
+            ptr = self._cuda.malloc(max(nbytes, 1))
+            self._buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ctx, stream = self._context, self._stream
+        for name, array in feeds.items():
+            lo, _, hi = self._engine.get_tensor_profile_shape(name, 0)
+            if len(lo) != array.ndim or any(not a <= s <= b for a, s, b in zip(lo, array.shape, hi)):
+                raise BackendError(
+                    f"{self.name}: input {name!r} of shape {array.shape} is outside the engine profile "
+                    f"{tuple(lo)} .. {tuple(hi)}; rebuild the engine with a wider profile or use another size"
+                )
+            if not ctx.set_input_shape(name, array.shape):
+                raise BackendError(f"{self.name}: the engine refused shape {array.shape} for {name!r}")
+            ptr = self._buffer(name, array.nbytes)
+            self._cuda.copy(ptr, array.ctypes.data, array.nbytes, _HOST_TO_DEVICE, stream)
+            ctx.set_tensor_address(name, ptr)
+        results = {}
+        for t in self.component.outputs:
+            shape = tuple(ctx.get_tensor_shape(t.name))
+            if any(d < 0 for d in shape):
+                raise BackendError(f"{self.name}: output {t.name!r} shape {shape} is unresolved after setting the inputs")
+            host = np.empty(shape, dtype=numpy_dtype(t.dtype))
+            ptr = self._buffer(t.name, host.nbytes)
+            ctx.set_tensor_address(t.name, ptr)
+            results[t.name] = (host, ptr)
+        if not ctx.execute_async_v3(self._cuda.handle(stream)):
+            raise BackendError(f"{self.flavour} failed to run {self.name} ({self.plan})")
+        for host, ptr in results.values():
+            self._cuda.copy(host.ctypes.data, ptr, host.nbytes, _DEVICE_TO_HOST, stream)
+        self._cuda.synchronize(stream)  # also keeps `feeds` alive until the copies are done
+        return {name: host for name, (host, _) in results.items()}
+
+    def _close(self) -> None:
+        self._cuda.synchronize(self._stream)
+        for ptr, _ in self._buffers.values():
+            self._cuda.free(ptr)
+        self._buffers.clear()
+        self._cuda.stream_destroy(self._stream)
+        self._context = self._engine = self._runtime = None
