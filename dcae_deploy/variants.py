@@ -628,12 +628,15 @@ DEMO_VOCABULARY = (
 )
 
 register(
-    _sana_config(
-        "demo-f32c32",
-        (16, 32, 64, 64, 128, 128),
-        (1, 1, 1, 1, 1, 1),
-        (1, 1, 1, 1, 1, 1),
-        "small f32c32 DC-AE (SANA family) of the shipped demo model, trained on 128px procedural shapes",
+    dataclasses.replace(
+        _sana_config(
+            "demo-f32c32",
+            (16, 32, 64, 64, 128, 128),
+            (1, 1, 1, 1, 1, 1),
+            (1, 1, 1, 1, 1, 1),
+            "small f32c32 DC-AE (SANA family) of the shipped demo model, trained on 128px procedural shapes",
+        ),
+        scaling_factor=0.19955,  # 1 / RMS of its latents, measured by scripts/train_demo.py
     )
 )
 register(

@@ -1,0 +1,67 @@
+"""The shipped demo model (dcae_deploy/demo): it loads, reconstructs, and draws what it is told.
+
+The floors below are regression bars for the weights in the repository, measured on small samples
+(the full evaluation is `python -m dcae_deploy.evaluate`, 100 prompts / 64 images). They are lower
+than the issue's goals (PSNR >= 28 dB, shape >= 70%), which the current weights do not reach yet;
+foreground colour does meet its goal (>= 90%).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dcae_deploy.data.judge import judge_image, score
+from dcae_deploy.evaluate import heldout_prompts, reconstruction_psnr
+from dcae_deploy.models.pipeline import load_pipeline
+from dcae_deploy.runtime.demo import demo_folder
+
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory):
+    from dcae_deploy.export import export_model
+    from dcae_deploy.runtime.demo import DEMO_EXPORT
+
+    out = tmp_path_factory.mktemp("demo-export")
+    torch.set_num_threads(1)
+    export_model("demo", out, checkpoint=demo_folder(), **DEMO_EXPORT)
+    return out
+
+
+def test_demo_reconstructs_heldout_images():
+    models = load_pipeline(demo_folder())
+    with torch.no_grad():
+        psnr = reconstruction_psnr(models.autoencoder, count=16)["psnr_mean"]
+    assert psnr >= 23.5, psnr  # measured 24.7 dB on 64 images
+
+
+def test_demo_prompt_adherence_through_onnxruntime(demo_export):
+    from dcae_deploy.runtime.pipeline import GenerationConfig, TextToImage
+
+    prompts = heldout_prompts(16)
+    with TextToImage.open(demo_export, backend="onnxruntime", progress=False) as pipe:
+        images = [pipe.generate(GenerationConfig(prompts=(p,), seed=i)).images[0] for i, p in enumerate(prompts)]
+    result = score(prompts, images)
+    assert result["fg_colour_accuracy"] >= 0.9, result
+    assert result["bg_colour_accuracy"] >= 0.9, result
+    assert result["shape_accuracy"] >= 0.15, result
+
+
+def test_main_job_generates_the_prompted_colours(demo_export, tmp_path):
+    """The README's main command, from a fresh cache folder: export on first use, then ONNX Runtime."""
+    out = tmp_path / "out.png"
+    env = {"DCAE_DEPLOY_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "dcae_deploy.generate", "--prompt", "a yellow square on a purple background",
+         "--output", str(out), "--seed", "3"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    from PIL import Image
+
+    judged = judge_image(np.asarray(Image.open(out).convert("RGB")))
+    assert (judged.fg_colour, judged.bg_colour) == ("yellow", "purple"), judged
