@@ -728,6 +728,26 @@ register(
     )
 )
 register(
+    TextEncoderConfig(
+        "tiny-gemma-2-2304",
+        family="gemma2",
+        hidden_size=2304,
+        max_length=24,
+        arch=dict(
+            vocab_size=512,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=64,
+            query_pre_attn_scalar=64,
+            sliding_window=4096,
+            max_position_embeddings=2048,
+        ),
+        description="tiny random Gemma-2 with SANA's 2304-channel states (real-size SANA denoisers in tests)",
+    )
+)
+register(
     PipelineConfig(
         "tiny-t2i",
         autoencoder="tiny-f32c32-sana",
@@ -738,6 +758,20 @@ register(
         steps=4,
         guidance_scale=4.5,
         description="tiny text-to-image pipeline for tests: tiny DC-AE + tiny SANA DiT + tiny Gemma-2",
+    )
+)
+register(
+    PipelineConfig(
+        "sana-600m-tiny-gemma",
+        autoencoder="f32c32-sana",
+        denoiser="sana-600m",
+        text_encoder="tiny-gemma-2-2304",
+        height=256,
+        width=256,
+        steps=2,
+        guidance_scale=4.5,
+        flow_shift=3.0,
+        description="real-size DC-AE f32c32-sana + SANA-600M with a tiny Gemma-2: end-to-end checks against diffusers",
     )
 )
 register(

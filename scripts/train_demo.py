@@ -1,11 +1,12 @@
 """Reproduce the shipped demo model (dcae_deploy/demo/) from scratch with the project's own trainer.
 
-    python scripts/train_demo.py --work runs/demo            # the full recipe (2-core CPU: about 40 min)
+    python scripts/train_demo.py --work runs/demo            # the full recipe (2-core CPU: about 90 min)
     python scripts/train_demo.py --work runs/smoke --scale 0.01 --no-install   # a quick smoke run
 
 Steps (each one is a plain ``python -m dcae_deploy.train`` call, printed before it runs):
  1. DC-AE ``demo-f32c32``, the three phases of the DC-AE recipe on procedural shapes:
-    low_res_full at 128 px, high_res_latent_adaptation at 256 px (middle layers only),
+    low_res_full at 128 px (2000 steps at a constant learning rate, then 3000 with cosine decay),
+    high_res_latent_adaptation at 256 px (middle layers only),
     low_res_local_refinement at 128 px (decoder head only, PatchGAN loss).
  2. The latent scaling factor: 1 / RMS of the latents of 1024 training images, written into the config.
  3. Latent cache of the training images, then joint flow-matching training of ``demo-denoiser`` and the
@@ -30,10 +31,14 @@ from dcae_deploy.train.__main__ import main as train
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "dcae_deploy" / "demo"
 
-AE_PHASES = (  # (phase, resolution, steps, batch, lr, extra args)
-    ("low_res_full", 128, 2000, 8, 6e-4, ["--weight-decay", "0", "--warmup-steps", "100", "--num-images", "20000"]),
-    ("high_res_latent_adaptation", 256, 40, 2, 1e-4, ["--weight-decay", "0", "--num-images", "2000"]),
-    ("low_res_local_refinement", 128, 40, 8, 5e-5, ["--num-images", "4000"]),
+AE_RUNS = (  # (run folder, phase, resolution, steps, batch, lr, extra args); each run starts from the previous one
+    ("low_res_full", "low_res_full", 128, 2000, 8, 6e-4,
+     ["--weight-decay", "0", "--warmup-steps", "100", "--num-images", "20000"]),
+    ("low_res_full_decay", "low_res_full", 128, 3000, 8, 6e-4,  # phase 1 continued, cosine decay to 0
+     ["--weight-decay", "0", "--warmup-steps", "50", "--lr-schedule", "cosine", "--num-images", "20000", "--seed", "1"]),
+    ("high_res_latent_adaptation", "high_res_latent_adaptation", 256, 40, 2, 1e-4,
+     ["--weight-decay", "0", "--num-images", "2000"]),
+    ("low_res_local_refinement", "low_res_local_refinement", 128, 40, 8, 5e-5, ["--num-images", "4000"]),
 )
 DENOISER = dict(steps=1800, batch=32, lr=5e-4, images=6000)
 
@@ -51,15 +56,15 @@ def scaled(steps: int, scale: float) -> int:
 
 def train_autoencoder(work: Path, scale: float) -> Path:
     init: list[str] = []
-    for phase, res, steps, batch, lr, extra in AE_PHASES:
-        out = work / "ae" / phase
+    for folder, phase, res, steps, batch, lr, extra in AE_RUNS:
+        out = work / "ae" / folder
         if not (out / "final" / "ema").is_dir():
             resume = ["--resume", str(out)] if (out / "checkpoints").is_dir() else []
             run(["autoencoder", *resume, "--phase", phase, "--variant", "demo-f32c32", "--data", "shapes", "--out", str(out),
                  "--resolution", str(res), "--steps", str(scaled(steps, scale)), "--batch-size", str(batch),
                  "--lr", str(lr), "--log-every", "25", "--checkpoint-every", "500", *extra, *init])
         init = ["--init", str(out / "final" / "ema")]
-    return work / "ae" / AE_PHASES[-1][0] / "final" / "ema"
+    return work / "ae" / AE_RUNS[-1][0] / "final" / "ema"
 
 
 def calibrate_scaling(ae_folder: Path, out: Path, images: int = 1024) -> float:

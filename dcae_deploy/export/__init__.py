@@ -325,13 +325,47 @@ def _export_component(
         spec.module(parts).float()  # the model is shared by the parity reference: restore fp32
     size = sum(f.stat().st_size for f in files) / 1e6
     log(f"{spec.name}: {size:.1f} MB in {time.perf_counter() - start:.1f} s")
+    return _component_record(spec, precision, path.name, {**{f.name: sha256_file(f) for f in files}, **extra_files})
+
+
+def _component_record(spec: ComponentSpec, precision: str, file: str, files: dict[str, str]) -> Component:
     return Component(
         name=spec.name,
-        file=path.name,
-        files={**{f.name: sha256_file(f) for f in files}, **extra_files},
+        file=file,
+        files=files,
         inputs=tuple(TensorInfo(t.name, _dtype_name(t, precision), t.shape) for t in spec.inputs),
         outputs=tuple(TensorInfo(t.name, _dtype_name(t, precision), t.shape) for t in spec.outputs),
         profiles={name: ShapeProfile(*shapes) for name, shapes in spec.profile().items()},
+    )
+
+
+def describe_pipeline(
+    models,
+    *,
+    min_res: int | None = None,
+    opt_res: int | None = None,
+    max_res: int | None = None,
+    max_batch: int | None = None,
+) -> Manifest:
+    """The fp32 manifest an export of these PyTorch pipeline parts would write, without exporting anything.
+
+    Components carry their inputs, outputs and shape profiles but no graph file (``file`` is empty), and
+    ``pipeline.text_encoder.tokenizer`` is None: enough for the runtime's torch backend to run the models
+    in memory (:func:`dcae_deploy.runtime.eager.open_pytorch`).
+    """
+    config = models.config
+    ratio = _compression_ratio(config)
+    res = _resolution(config, min_res, opt_res, max_res, max_batch)
+    res.validate(ratio)
+    parts = ExportParts(models.autoencoder, models.denoiser, models.text_encoder, models.tokenizer, config)
+    names = component_names(config.kind, config.name, None)
+    components = {n: _component_record(_component_spec(n, parts, config, res, ratio), "fp32", "", {}) for n in names}
+    ae = models.autoencoder.config
+    return Manifest(
+        variant=config.name, kind=config.kind, precision="fp32", opset=OPSET, components=components,
+        scaling_factor=ae.scaling_factor, spatial_compression_ratio=ae.spatial_compression_ratio,
+        latent_channels=ae.latent_channels, resolution=dataclasses.asdict(res), versions=_versions(),
+        pipeline=_pipeline_section(parts, None),
     )
 
 

@@ -75,9 +75,9 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, artifacts: Artifacts, options: BackendOptions) -> None:
+    def __init__(self, artifacts: Artifacts, options: BackendOptions, models=None) -> None:
         super().__init__(artifacts, options)
-        self._models = None
+        self._models = models  # PipelineModels already in memory (dcae_deploy.runtime.eager), else loaded on demand
 
     def models(self):
         if self._models is None:

@@ -13,7 +13,9 @@ so the same seed gives the same initial noise, and therefore the same image up t
 on every backend and machine; a prompt at batch position ``i`` matches that prompt alone with ``seed + i``.
 
 The negative prompt defaults to the empty prompt, whose embedding SANA uses as the unconditional branch;
-guidance runs both branches in one doubled denoiser batch (negative first) when ``guidance_scale > 1``.
+like SanaPipeline it is encoded without the complex human instruction (a second text-encoder call: the
+two token lengths differ for Gemma-2). Guidance runs both branches in one doubled denoiser batch
+(negative first) when ``guidance_scale > 1``.
 """
 
 from __future__ import annotations
@@ -92,11 +94,11 @@ class TextToImage:
     """
 
     def __init__(self, artifacts: Artifacts, backend: Backend, *, low_memory: bool = False,
-                 progress: bool = True, verbose: bool = False) -> None:
+                 progress: bool = True, verbose: bool = False, tokenizer=None) -> None:
         self.artifacts, self.backend = artifacts, backend
         self.low_memory, self.progress, self.verbose = low_memory, progress, verbose
         self._runners: dict[str, Runner] = {}
-        self._tokenizer = None
+        self._tokenizer = tokenizer  # None: read the export's tokenizer files on first use
 
     @classmethod
     def open(cls, folder: str | Path, backend: str = "onnxruntime", *, variant: str | None = None,
@@ -128,16 +130,11 @@ class TextToImage:
     # --- checks -------------------------------------------------------------------------------
 
     def tokenizer(self):
+        """The export's torch-free tokenizer: a word vocabulary, or Gemma-2's (the ``tokenizers`` package)."""
         if self._tokenizer is None:
-            info = self.artifacts.pipeline.text_encoder
-            if info.family != "word":
-                raise DcaeDeployError(
-                    f"the runtime has no torch-free tokenizer for text encoder family {info.family!r} yet; "
-                    "use the torch pipeline for this model"
-                )
-            from dcae_deploy.tokenizer import WordTokenizer
+            from dcae_deploy.tokenizer import load_tokenizer
 
-            self._tokenizer = WordTokenizer.load(self.artifacts.tokenizer_path())
+            self._tokenizer = load_tokenizer(self.artifacts.tokenizer_path())
         return self._tokenizer
 
     def resolve(self, config: GenerationConfig) -> GenerationConfig:
@@ -182,14 +179,24 @@ class TextToImage:
 
     # --- the stages ---------------------------------------------------------------------------
 
-    def encode_text(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings float32 (N, L, C), attention mask int64 (N, L)) for ``texts``, in text-encoder batches."""
+    def encode_text(self, texts: Sequence[str], instruction: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings float32 (N, L, C), attention mask int64 (N, L)) for ``texts``, in text-encoder batches.
+
+        ``instruction=False`` encodes without the complex human instruction (Gemma-2 tokenizers only), as
+        SANA encodes its negative prompt. ``L`` is the text encoder's output length: the mask keeps the
+        positions the graph keeps (BOS + the last ``max_length - 1``).
+        """
+        from dcae_deploy.tokenizer import select_positions
+
         tokenizer = self.tokenizer()
-        unknown = sorted({w for t in texts for w in tokenizer.unknown_words(t)})
+        unknown = sorted({w for t in texts for w in tokenizer.unknown_words(t)}) if hasattr(tokenizer, "unknown_words") else []
         if unknown:
             print(f"[generate] warning: words outside the vocabulary are ignored as <unk>: {', '.join(unknown)}",
                   file=sys.stderr)
-        ids, mask = tokenizer(list(texts))
+        if getattr(tokenizer, "instruction", None) is not None:
+            ids, mask = tokenizer(list(texts), instruction=instruction)
+        else:
+            ids, mask = tokenizer(list(texts))
         runner = self._runner("text_encoder")
         chunk = self.artifacts.max_batch("text_encoder")
         out = []
@@ -198,7 +205,7 @@ class TextToImage:
             out.append(np.asarray(result["text_embeddings"], dtype=np.float32))
         emb = np.concatenate(out)
         self._check("text_encoder", emb)
-        return emb, mask
+        return emb, select_positions(mask, emb.shape[1]).astype(np.int64)
 
     def generate(self, config: GenerationConfig) -> GenerationResult:
         config = self.resolve(config)
@@ -210,12 +217,12 @@ class TextToImage:
 
         with timings.stage("text_encoder"):
             guided = sampler.uses_guidance
-            texts = ([config.negative_prompt] if guided else []) + list(config.prompts)
-            emb, mask = self.encode_text(texts)
+            emb, mask = self.encode_text(config.prompts)
+            if guided:  # the negative rows, one per image, then the prompts: [neg * n, pos * n]
+                neg, neg_mask = self.encode_text([config.negative_prompt], instruction=False)
+                emb = np.concatenate([np.repeat(neg, n, axis=0), emb])
+                mask = np.concatenate([np.repeat(neg_mask, n, axis=0), mask])
             self._release("text_encoder")
-        if guided:  # the negative rows, one per image, then the prompts: [neg * n, pos * n]
-            emb = np.concatenate([np.repeat(emb[:1], n, axis=0), emb[1:]])
-            mask = np.concatenate([np.repeat(mask[:1], n, axis=0), mask[1:]])
 
         h, w = config.height // ratio, config.width // ratio
         noise = np.stack([

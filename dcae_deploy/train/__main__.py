@@ -25,7 +25,7 @@ def _loop_config(args: argparse.Namespace, steps: int, batch_size: int):
 
     return LoopConfig(
         steps=steps, batch_size=batch_size, seed=args.seed, ema_decay=args.ema_decay, grad_clip=args.grad_clip,
-        warmup_steps=args.warmup_steps, amp=args.amp, log_every=args.log_every,
+        warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, amp=args.amp, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         num_workers=args.num_workers, device=args.device,
     )
@@ -129,6 +129,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                   help="after warmup: constant, or cosine decay to 0 at --steps")
     p.add_argument("--amp", default="bfloat16", choices=("bfloat16", "float16", "none"), help="GPU only")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=1000)

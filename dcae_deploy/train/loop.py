@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import math
 import random
 import time
 from collections.abc import Iterator, Mapping
@@ -47,6 +48,25 @@ class OptimSpec:
     weight_decay: float = 0.0
 
 
+def _constant(progress: float) -> float:
+    return 1.0
+
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+LR_SCHEDULES = {"constant": _constant, "cosine": _cosine}  # progress after warmup in [0, 1] -> lr multiplier
+
+
+def lr_multiplier(step: int, steps: int, warmup_steps: int, schedule: str) -> float:
+    """Learning-rate multiplier at ``step``: linear warmup over ``warmup_steps``, then ``schedule``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, steps - warmup_steps)
+    return LR_SCHEDULES[schedule](min(1.0, (step - warmup_steps) / decay_steps))
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     """Run-level settings. ``batch_size`` is per process (global batch = batch_size x world size)."""
@@ -57,6 +77,7 @@ class LoopConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0  # max global grad norm per module; <= 0 disables clipping
     warmup_steps: int = 0  # linear learning-rate warmup
+    lr_schedule: str = "constant"  # after warmup: "constant" or "cosine" (decays to 0 at ``steps``)
     amp: str = "bfloat16"  # autocast dtype on GPU ("bfloat16", "float16" or "none"); never on CPU
     log_every: int = 10
     checkpoint_every: int = 0  # 0: only at the end
@@ -69,6 +90,8 @@ class LoopConfig:
             raise DcaeDeployError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
         if self.amp not in ("bfloat16", "float16", "none"):
             raise DcaeDeployError(f"amp must be 'bfloat16', 'float16' or 'none', got {self.amp!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise DcaeDeployError(f"lr_schedule must be one of {sorted(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise DcaeDeployError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -309,7 +332,7 @@ def _run(task: TrainTask, dataset: Dataset, cfg: LoopConfig, out_dir: Path, resu
     batches = iter(loader)
     for step in range(start, cfg.steps):
         batch = _to_device(next(batches), info.device)
-        lr_scale = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+        lr_scale = lr_multiplier(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
         with _autocast(info, cfg.amp):
             losses, terms = task.losses(nets, batch)
         for name, loss in losses.items():

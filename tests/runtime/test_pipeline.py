@@ -56,11 +56,12 @@ def test_low_memory_holds_one_runner_and_gives_the_same_image(artifacts):
     loaded = []
     t2i = _t2i(artifacts, low_memory=True)
     original = t2i._runner
-    t2i._runner = lambda stage: (loaded.append(sorted(t2i._runners)), original(stage))[1]
+    t2i._runner = lambda stage: (loaded.append((stage, sorted(set(t2i._runners) - {stage}))), original(stage))[1]
     with t2i:
         actual = t2i.generate(config).images
         assert t2i._runners == {}
-    assert loaded == [[], [], []]  # each stage found no other runner loaded
+    # each stage found no other stage's runner loaded (the text encoder runs twice: prompts, then negative)
+    assert loaded == [("text_encoder", []), ("text_encoder", []), ("denoiser", []), ("decoder", [])]
     assert np.array_equal(actual, expected)
 
 

@@ -63,3 +63,21 @@ def test_loss_log_truncates_on_resume_and_plot(tmp_path):
     plot_losses(resumed.rows, tmp_path / "curve.png")
     assert Image.open(tmp_path / "curve.png").size == (900, 500)
     plot_losses([], tmp_path / "empty.png")
+
+
+def test_learning_rate_schedules():
+    import math
+
+    import pytest
+
+    from dcae_deploy.errors import DcaeDeployError
+    from dcae_deploy.train.loop import LoopConfig, lr_multiplier
+
+    warm = [lr_multiplier(s, 10, 4, "cosine") for s in range(4)]
+    assert warm == [0.25, 0.5, 0.75, 1.0]
+    cosine = [lr_multiplier(s, 10, 4, "cosine") for s in range(4, 10)]
+    assert cosine[0] == 1.0 and all(a > b for a, b in zip(cosine, cosine[1:])) and cosine[-1] > 0
+    assert math.isclose(lr_multiplier(7, 10, 4, "cosine"), 0.5)  # half way through the decay
+    assert [lr_multiplier(s, 10, 0, "constant") for s in (0, 9)] == [1.0, 1.0]
+    with pytest.raises(DcaeDeployError, match="lr_schedule must be one of"):
+        LoopConfig(steps=10, batch_size=1, lr_schedule="linear")
