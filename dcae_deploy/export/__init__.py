@@ -35,6 +35,7 @@ from dcae_deploy.export.specs import (
     TensorSpec,
     autoencoder_spec,
     component_names,
+    decoder_split_spec,
     denoiser_spec,
     text_encoder_spec,
 )
@@ -243,6 +244,8 @@ def _find_tokenizer(folder: Path, config):
 def _component_spec(name: str, parts: ExportParts, config, res: Resolution, ratio: int) -> ComponentSpec:
     if name in ("encoder", "decoder"):
         return autoencoder_spec(name, parts.autoencoder.config, res)
+    if name in ("decoder_global", "decoder_local"):
+        return decoder_split_spec(name, parts.autoencoder.config, parts.autoencoder.decoder, res)
     if name == "denoiser":
         te = parts.text_encoder
         tokens = te.config.max_length if te is not None else _caption_tokens(parts.pipeline)
@@ -347,7 +350,8 @@ def describe_pipeline(
     max_res: int | None = None,
     max_batch: int | None = None,
 ) -> Manifest:
-    """The fp32 manifest an export of these PyTorch pipeline parts would write, without exporting anything.
+    """The fp32 manifest an export of these PyTorch pipeline parts would write (default components plus the
+    split decoder), without exporting anything.
 
     Components carry their inputs, outputs and shape profiles but no graph file (``file`` is empty), and
     ``pipeline.text_encoder.tokenizer`` is None: enough for the runtime's torch backend to run the models
@@ -358,7 +362,7 @@ def describe_pipeline(
     res = _resolution(config, min_res, opt_res, max_res, max_batch)
     res.validate(ratio)
     parts = ExportParts(models.autoencoder, models.denoiser, models.text_encoder, models.tokenizer, config)
-    names = component_names(config.kind, config.name, None)
+    names = component_names(config.kind, config.name, None) + ["decoder_global", "decoder_local"]
     components = {n: _component_record(_component_spec(n, parts, config, res, ratio), "fp32", "", {}) for n in names}
     ae = models.autoencoder.config
     return Manifest(

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--components",
         default=None,
         help="comma-separated subset: encoder,decoder (autoencoder); text_encoder,denoiser,decoder,encoder "
-        "(pipeline; default all but encoder)",
+        "(pipeline; default text_encoder,denoiser,decoder). Add decoder_global,decoder_local for exact tiled "
+        "decoding of large images (the decoder split before its high-resolution, purely local stages)",
     )
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--min-res", type=int, default=None, help=f"smallest image side in pixels (default {d.min_res})")

@@ -16,6 +16,8 @@ denoiser      latent [P], timestep (batch,) float32, encoder_hidden_states      
               (batch, T, caption_channels) [P], encoder_attention_mask (batch, T) int64
 text_encoder  input_ids (batch, tokens) int64, attention_mask (batch, tokens) int64  text_embeddings
                                                                                      (batch, T, hidden) [P]
+decoder_      latent [P] (``decoder_global``) / features (batch, F, feature_height,   features [P] / image [P]
+global/local  feature_width) [P] (``decoder_local``): the decoder split for exact tiling
 ============  =====================================================================  ==========================
 
 ``[P]`` is the export precision. The denoiser's and text encoder's batch goes to ``2 * max_batch``
@@ -192,6 +194,17 @@ class _Wrapped(nn.Module):
         return self.inner(x)
 
 
+class _Method(nn.Module):
+    """Gives the exported graph a plain ``forward(x)`` calling one method of a submodule."""
+
+    def __init__(self, inner: nn.Module, method: str) -> None:
+        super().__init__()
+        self.inner, self.method = inner, method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.inner, self.method)(x)
+
+
 class _DenoiserGraph(nn.Module):
     """``forward(latent, timestep, encoder_hidden_states, encoder_attention_mask)`` -> velocity."""
 
@@ -245,6 +258,31 @@ def autoencoder_spec(name: str, ae_config, res: Resolution) -> ComponentSpec:
     )
 
 
+def decoder_split_spec(name: str, ae_config, decoder: nn.Module, res: Resolution) -> ComponentSpec:
+    """The decoder in two graphs, for exact tiled decoding (``dcae_deploy.runtime.tiling``):
+    ``decoder_global`` (latent -> features: the low-resolution stages with global linear attention, run on
+    the whole latent) and ``decoder_local`` (features -> image: the high-resolution stages, only
+    convolutions and per-pixel norms, run tile by tile). Features are ``decoder.local_ratio`` times
+    coarser than the image."""
+    f, r = ae_config.spatial_compression_ratio, decoder.local_ratio
+    latent = TensorSpec(
+        "latent", ("batch", ae_config.latent_channels, "latent_height", "latent_width"), scale=1.0 / ae_config.scaling_factor
+    )
+    features = TensorSpec("features", ("batch", decoder.global_width, "feature_height", "feature_width"))
+    image = TensorSpec("image", ("batch", ae_config.in_channels, "height", "width"), sample="uniform")
+    feat = (res.min_res // r, res.opt_res // r, res.max_res // r)
+    dims = {"batch": (1, 1, res.max_batch), **_spatial_dims(res, f), "feature_height": feat, "feature_width": feat}
+    points = tuple(
+        {"batch": b, **p, "feature_height": p["height"] // r, "feature_width": p["width"] // r}
+        for (b, _, _), p in zip(res.parity_shapes(), _spatial_points(res, f))
+    )
+    if name == "decoder_global":
+        return ComponentSpec(name, (latent,), (features,), dims, points,
+                             lambda parts: _Method(parts.autoencoder.decoder, "decode_global"))
+    return ComponentSpec(name, (features,), (image,), dims, points,
+                         lambda parts: _Method(parts.autoencoder.decoder, "decode_local"), image_output=True)
+
+
 def denoiser_spec(den_config, res: Resolution, ratio: int, caption_tokens: int) -> ComponentSpec:
     """SANA denoiser: (latent, timestep, caption states, caption mask) -> velocity; batch up to 2 * max_batch."""
     c = den_config.in_channels
@@ -289,10 +327,13 @@ def text_encoder_spec(te_config, res: Resolution, input_tokens: tuple[int, int],
 
 # The components each model kind can export, in export order; the second set is the default.
 COMPONENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "autoencoder": (("encoder", "decoder"), ("encoder", "decoder")),
+    "autoencoder": (("encoder", "decoder", "decoder_global", "decoder_local"), ("encoder", "decoder")),
     "denoiser": (("denoiser",), ("denoiser",)),
     "text_encoder": (("text_encoder",), ("text_encoder",)),
-    "pipeline": (("text_encoder", "denoiser", "decoder", "encoder"), ("text_encoder", "denoiser", "decoder")),
+    "pipeline": (
+        ("text_encoder", "denoiser", "decoder", "encoder", "decoder_global", "decoder_local"),
+        ("text_encoder", "denoiser", "decoder"),
+    ),
 }
 
 

@@ -291,13 +291,32 @@ class Decoder(nn.Module):
         else:  # an empty first stage: the output projection itself doubles the resolution
             self.conv_out = UpBlock(head_channels, out_channels, interpolate, shortcut=False)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        # Stages 0..local_stages-1 hold only convolutions and per-pixel norms: every output pixel depends
+        # on a bounded neighbourhood of their input, so that part decodes in tiles exactly (decode_local).
+        self.local_stages = next((i for i, t in enumerate(cfg.block_types) if t != "ResBlock" and depths[i] > 0),
+                                 len(widths))
+        self.global_width = widths[self.local_stages] if self.local_stages < len(widths) else widths[-1]
+        # image pixels per feature cell: stage i works at 1 / 2**i of the image (the deepest at the latent's)
+        self.local_ratio = 2 ** min(self.local_stages, len(widths) - 1)
+
+    def decode_global(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent -> the features entering the local stages (``global_width`` channels, ``local_ratio`` times
+        coarser than the image): the stages with global (linear) attention, cheap at low resolution."""
         x = self.conv_in(z)
         if self.in_shortcut:
             x = x + duplicate_channels(z, self.in_repeats)
-        for stage in reversed(self.up_blocks):
+        for stage in reversed(self.up_blocks[self.local_stages:]):
+            x = stage(x)
+        return x
+
+    def decode_local(self, x: torch.Tensor) -> torch.Tensor:
+        """Features from :meth:`decode_global` -> image: the high-resolution, purely local stages."""
+        for stage in reversed(self.up_blocks[: self.local_stages]):
             x = stage(x)
         return self.conv_out(self.conv_act(self.norm_out(x)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decode_local(self.decode_global(z))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,6 +42,10 @@ class Backend:
     def runner(self, component: str) -> Runner:
         raise NotImplementedError
 
+    def has(self, component: str) -> bool:
+        """Whether this backend can run ``component`` of the export (optional ones: the split decoder)."""
+        return component in self.artifacts.manifest.components
+
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
@@ -66,6 +70,9 @@ class TensorRTBackend(Backend):
         from dcae_deploy.runtime.runners.tensorrt import TensorRTRunner
 
         return TensorRTRunner(self.artifacts.component(component), self.engine_dir / f"{component}.plan", self.flavour)
+
+    def has(self, component: str) -> bool:
+        return super().has(component) and (self.engine_dir / f"{component}{PLAN_SUFFIX}").is_file()
 
 
 class TorchBackend(Backend):

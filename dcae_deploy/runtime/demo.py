@@ -1,7 +1,8 @@
 """The shipped demo model: ``dcae_deploy/demo/`` (a pipeline folder) exported once into a cache folder.
 
 Cache folder: ``$DCAE_DEPLOY_CACHE/demo-<sha>`` or ``~/.cache/dcae_deploy/demo-<sha>``, where ``<sha>`` is
-the first 12 hex digits of a SHA-256 over the demo folder's files, so new weights get a new export.
+the first 12 hex digits of a SHA-256 over the demo folder's files and the export settings, so new weights
+or settings get a new export.
 The first run exports (this needs torch and takes about half a minute); later runs only read the cache.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import json
 import os
 import sys
 from pathlib import Path
@@ -18,8 +20,10 @@ from dcae_deploy.runtime.artifacts import Artifacts, load_artifacts
 
 DEMO_VARIANT = "demo"
 CACHE_ENV = "DCAE_DEPLOY_CACHE"
-# The demo export's profile: 128px is the demo's training size; 256px and batch 2 leave room.
-DEMO_EXPORT = dict(precision="fp32", min_res=128, opt_res=128, max_res=256, max_batch=2)
+# The demo export's profile: 128px is the demo's training size; 256px and batch 2 leave room. The split
+# decoder makes --tile-size decoding exact.
+DEMO_EXPORT = dict(precision="fp32", min_res=128, opt_res=128, max_res=256, max_batch=2,
+                   components=["text_encoder", "denoiser", "decoder", "decoder_global", "decoder_local"])
 
 
 def demo_folder() -> Path:
@@ -34,8 +38,8 @@ def demo_folder() -> Path:
 
 
 def weights_sha(folder: Path, length: int = 12) -> str:
-    """Short SHA-256 over every file of ``folder`` (relative paths and contents, in sorted order)."""
-    digest = hashlib.sha256()
+    """Short SHA-256 over every file of ``folder`` (relative paths and contents, in sorted order) and DEMO_EXPORT."""
+    digest = hashlib.sha256(json.dumps(DEMO_EXPORT, sort_keys=True).encode())
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         with open(path, "rb") as f:

@@ -38,6 +38,7 @@ from dcae_deploy.runtime.schedulers import SamplerConfig, sample
 from dcae_deploy.runtime.tiling import TileConfig, decode_tiled
 
 STAGES = ("text_encoder", "denoiser", "decoder")
+SPLIT_DECODER = ("decoder_global", "decoder_local")  # optional export components for exact tiled decoding
 
 
 @dataclass(frozen=True)
@@ -268,28 +269,51 @@ class TextToImage:
         return result
 
     def decode(self, latent: np.ndarray, config: GenerationConfig) -> np.ndarray:
-        """Scaled latent (B, C, h, w) -> image (B, 3, H, W) float32; tiled beyond the decoder profile or ``tile_size``."""
+        """Scaled latent (B, C, h, w) -> image (B, 3, H, W) float32; tiled beyond the decoder profile or ``tile_size``.
+
+        Tiling uses the split decoder when the export has it (``decoder_global`` on the whole latent, then
+        ``decoder_local`` tile by tile: exact up to the blend, since only the global stages see the whole
+        image); otherwise the whole decoder per latent tile (approximate: DC-AE's attention then sees one tile).
+        """
         pipe = self.artifacts.pipeline
         ratio = pipe.autoencoder.spatial_compression_ratio
         dec = self.artifacts.size_range("decoder")
-        runner = self._runner("decoder")
         unscaled = (latent / np.float32(pipe.autoencoder.scaling_factor)).astype(np.float32)
-        side = config.tile_size or (None if dec.contains(*(s * ratio for s in latent.shape[2:])) else dec.max_side)
-        batch = self.artifacts.max_batch("decoder")
-
-        def run(z: np.ndarray) -> np.ndarray:
-            parts = [np.asarray(runner.infer({"latent": z[s:s + batch]})["image"], dtype=np.float32)
-                     for s in range(0, len(z), batch)]
-            return np.concatenate(parts)
-
+        h, w = (s * ratio for s in latent.shape[2:])
+        side = config.tile_size or (None if dec.contains(h, w) else dec.max_side)
         if side is None:
-            image = run(unscaled)
+            image = self._run("decoder", unscaled)
+        elif self._has_split_decoder(h, w):
+            features = self._run("decoder_global", unscaled)
+            self._release("decoder_global")
+            image = self._tiled("decoder_local", features, h // features.shape[2], side, config)
+            self._release("decoder_local")
         else:
-            tile = side // ratio
-            overlap = (config.tile_overlap // ratio) if config.tile_overlap is not None else max(1, tile // 4)
-            image = decode_tiled(run, unscaled, ratio, TileConfig(tile, min(overlap, tile - 1)))
+            image = self._tiled("decoder", unscaled, ratio, side, config)
         self._check("decoder", image)
         return image
+
+    def _run(self, component: str, x: np.ndarray) -> np.ndarray:
+        """One single-input component over ``x`` in batches of its profile's largest batch."""
+        runner, comp = self._runner(component), self.artifacts.component(component)
+        batch = self.artifacts.max_batch(component)
+        parts = [np.asarray(runner.infer({comp.inputs[0].name: x[s:s + batch]})[comp.outputs[0].name], dtype=np.float32)
+                 for s in range(0, len(x), batch)]
+        return np.concatenate(parts)
+
+    def _tiled(self, component: str, x: np.ndarray, ratio: int, side: int, config: GenerationConfig) -> np.ndarray:
+        """``component`` over tiles of ``side`` pixels (``ratio`` pixels per cell of ``x``), blended."""
+        tile = side // ratio
+        overlap = (config.tile_overlap // ratio) if config.tile_overlap is not None else max(1, tile // 4)
+        return decode_tiled(lambda part: self._run(component, part), x, ratio, TileConfig(tile, min(overlap, tile - 1)))
+
+    def _has_split_decoder(self, height: int, width: int) -> bool:
+        """The backend runs both split-decoder graphs and ``decoder_global`` admits the whole latent."""
+        if not all(self.backend.has(c) for c in SPLIT_DECODER):
+            return False
+        profile = self.artifacts.component("decoder_global").profiles["latent"]
+        ratio = self.artifacts.pipeline.autoencoder.spatial_compression_ratio
+        return all(lo <= s // ratio <= hi for s, lo, hi in zip((height, width), profile.min[2:], profile.max[2:]))
 
 
 def generate(folder: str | Path, config: GenerationConfig, backend: str = "onnxruntime", **kwargs) -> GenerationResult:

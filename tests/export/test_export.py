@@ -93,7 +93,7 @@ def test_parity_failure_is_an_error_and_keeps_no_graphs(tmp_path, monkeypatch):
     "kwargs, error, message",
     [
         (dict(variant="f32c33"), UnknownVariantError, "unknown variant 'f32c33'"),
-        (dict(components=["denoiser"]), DcaeDeployError, "components encoder, decoder; it has no 'denoiser'"),
+        (dict(components=["denoiser"]), DcaeDeployError, "components encoder, decoder, decoder_global, decoder_local; it has no 'denoiser'"),
         (dict(min_res=256, opt_res=128, max_res=512), DcaeDeployError, "profile out of order"),
         (dict(min_res=48, opt_res=64, max_res=128), DcaeDeployError, "--min-res 48 must be a positive multiple of"),
         (dict(max_batch=0), DcaeDeployError, "--max-batch must be between 1 and 64"),

@@ -132,7 +132,7 @@ def test_bare_variants_export_one_component_in_fp16(variant, component, tmp_path
     [
         ("tiny-sana", ["decoder"], "'tiny-sana' is a denoiser with components denoiser; it has no 'decoder'"),
         ("tiny-gemma-2", ["denoiser"], "is a text_encoder with components text_encoder; it has no 'denoiser'"),
-        ("tiny-t2i", ["vae"], "components text_encoder, denoiser, decoder, encoder; it has no 'vae'"),
+        ("tiny-t2i", ["vae"], "components text_encoder, denoiser, decoder, encoder, decoder_global, decoder_local; it has no 'vae'"),
     ],
 )
 def test_missing_components_are_refused(variant, components, message, tmp_path):

@@ -1,4 +1,5 @@
-"""Tiled decoding: exact for a local decoder; close to untiled decoding for the tiny DC-AE on a smooth latent."""
+"""Tiled decoding: exact for a local decoder; for DC-AE, whose decoder has global linear attention, close to
+untiled decoding when only its local high-resolution stages are tiled (the split decoder)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,28 @@ def test_tiny_autoencoder_tiles_match_untiled_decoding():
     err = np.abs(tiled - whole).mean(axis=(0, 1))
     seam = err[:, 4 * 32:12 * 32].mean()  # the overlap band between the two column tiles
     assert seam <= 1.2 * err.mean(), f"seam error {seam:.4f} vs mean {err.mean():.4f}"
+
+
+@pytest.mark.parametrize("tile, overlap", [(32, 8), (24, 6)])
+def test_split_decoder_tiles_match_untiled_decoding(tile, overlap):
+    """The same decoder and latent as above, split: the global stages on the whole latent, the local
+    high-resolution stages in tiles of ``tile`` feature cells (x8 pixels). Measured: 63.9 dB at (32, 8), 58.8 dB at (24, 6)."""
+    from dcae_deploy.models.autoencoder import build_autoencoder
+
+    torch.manual_seed(0)
+    decoder = build_autoencoder("tiny-f32c32-sana").decoder.eval()
+    z = torch.from_numpy(_smooth_latent(16, 16, 32, period=40.0))
+
+    def local(features):
+        with torch.no_grad():
+            return decoder.decode_local(torch.from_numpy(np.ascontiguousarray(features))).numpy()
+
+    with torch.no_grad():
+        whole = decoder(z).numpy()
+        features = decoder.decode_global(z).numpy()
+    assert decoder.local_ratio == 8 and features.shape == (1, decoder.global_width, 64, 64)
+    tiled = decode_tiled(local, features, decoder.local_ratio, TileConfig(tile, overlap))
+    assert psnr_db(tiled, whole) >= 40.0
 
 
 def test_bad_tile_settings_are_user_errors():
