@@ -187,9 +187,6 @@ def export_groups(info: ModelInfo, stages: list[str], sides: list[int], tile_abo
         groups.append({"components": image, "min": min(lo, top), "max": top})
     for g in groups:
         g["opt"] = min(max(sides[0], g["min"]), g["max"])
-        if "encoder" in g["components"] and g["min"] == g["max"]:
-            # a fully static encoder profile trips the exporter's derived-dimension guard: keep it narrow instead
-            g["max"] = g["min"] + info.ratio
     return groups
 
 

@@ -268,6 +268,8 @@ class OrtBackend:
         import onnxruntime as ort
 
         from dcae_deploy.manifest import read_manifest
+        from dcae_deploy.runtime.errors import BackendError
+        from dcae_deploy.runtime.runners.onnxruntime import OnnxRuntimeRunner, OrtSettings
 
         folder = job.get("artifacts")
         if not folder:
@@ -277,27 +279,18 @@ class OrtBackend:
             raise NotAvailable(f"the artifacts in {folder} have no {job['stage']} graph")
         component = manifest.component(job["stage"])
         device = "cpu" if force_cpu or job["device"] == "cpu" else job["device"]
-        options = job.get("ort") or {}
-        graph = Path(folder) / component.file
-        cpu = device == "cpu" or not job.get("cuda")
-        rewrite = options.get("rewrite_resize", cpu)  # default: on for the CPU EP (see ort_graph.py)
-        rewritten = 0
-        if rewrite and len(component.files) == 1:  # graphs with external data are left alone
-            from ort_graph import rewrite_expand_to_resize
-
-            target = Path(job["output"]).parent / f"{job['stage']}-{Path(folder).name}.resize.onnx"
-            rewritten = rewrite_expand_to_resize(graph, target)
-            if rewritten:
-                graph = target
-        self.runner = TunedOrtRunner(component, graph, manifest.precision, device=device,
-                                     threads=job["threads"], tuning=options)
-        self.runner.load()
+        settings = OrtSettings(**(job.get("ort") or {}))  # defaults: exactly what the runtime's runner uses
+        self.runner = OnnxRuntimeRunner(component, Path(folder) / component.file, manifest.precision, device=device,
+                                        threads=job["threads"], settings=settings)
+        try:
+            self.runner.load()
+        except BackendError as exc:
+            raise NotAvailable(str(exc)) from exc
         self.cuda = self.runner._cuda
         self.events = False
         self.output = component.outputs[0].name
         self.config = {"onnxruntime": ort.__version__, "providers": self.runner.providers,
-                       "graph": str(self.runner.graph), "precision": manifest.precision, **self.runner.settings,
-                       "graph_rewrite": f"{rewritten} Unsqueeze-Expand-Reshape -> Resize(nearest)" if rewritten else None}
+                       "graph": str(self.runner.graph), "precision": manifest.precision, **self.runner.report}
 
     def prepare(self, feeds: dict[str, np.ndarray]) -> dict:
         import onnxruntime as ort
@@ -331,68 +324,6 @@ class OrtBackend:
 
     def call_np(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(self.runner.infer(feeds)[self.output], dtype=np.float32)
-
-
-def _tuned_runner_class():
-    from dcae_deploy.runtime.errors import BackendError
-    from dcae_deploy.runtime.runners.onnxruntime import OnnxRuntimeRunner
-
-    class Tuned(OnnxRuntimeRunner):
-        """OnnxRuntimeRunner whose session options are set explicitly (the runtime's runner leaves ORT's defaults)."""
-
-        def __init__(self, *args, tuning: dict, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.tuning = tuning
-            self.settings: dict = {}
-
-        def _load(self) -> None:
-            import onnxruntime as ort
-
-            self._cuda = self.device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers()
-            if self.device == "cuda" and not self._cuda:
-                raise NotAvailable("this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
-            providers: list = ["CPUExecutionProvider"]
-            if self._cuda:
-                if hasattr(ort, "preload_dlls"):
-                    ort.preload_dlls()
-                cuda_options = {"device_id": 0, "use_tf32": 0 if self.precision == "fp32" else 1,
-                                "cudnn_conv_algo_search": self.tuning.get("cudnn_conv_algo_search", "EXHAUSTIVE")}
-                providers.insert(0, ("CUDAExecutionProvider", cuda_options))
-                self.settings["cuda_ep"] = cuda_options
-            t = self.tuning
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            level = t.get("graph_optimization_level", "ORT_ENABLE_ALL")
-            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.intra_op_num_threads = int(self.threads or 0)
-            options.inter_op_num_threads = 1
-            options.enable_cpu_mem_arena = bool(t.get("enable_cpu_mem_arena", True))
-            options.enable_mem_pattern = bool(t.get("enable_mem_pattern", True))
-            spinning = t.get("allow_spinning", True)
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-            if t.get("denormal_as_zero", True):
-                options.add_session_config_entry("session.set_denormal_as_zero", "1")
-            if t.get("optimized_model_filepath"):
-                options.optimized_model_filepath = str(t["optimized_model_filepath"])
-            self.settings.update({
-                "graph_optimization_level": level, "execution_mode": "ORT_SEQUENTIAL",
-                "intra_op_num_threads": options.intra_op_num_threads, "inter_op_num_threads": 1,
-                "enable_cpu_mem_arena": options.enable_cpu_mem_arena, "enable_mem_pattern": options.enable_mem_pattern,
-                "allow_spinning": bool(spinning), "denormal_as_zero": bool(t.get("denormal_as_zero", True)),
-            })
-            try:
-                self._session = ort.InferenceSession(str(self.graph), options, providers=providers)
-            except Exception as exc:
-                raise BackendError(f"ONNX Runtime cannot load {self.graph}: {exc}") from exc
-            self.providers = self._session.get_providers()
-            self._outputs = [o.name for o in self._session.get_outputs()]
-
-    return Tuned
-
-
-def TunedOrtRunner(*args, **kwargs):
-    return _tuned_runner_class()(*args, **kwargs)
 
 
 class TrtBackend:

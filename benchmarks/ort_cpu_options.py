@@ -7,20 +7,20 @@
 
 Configurations (all with intra-op threads = --threads, inter-op 1, sequential execution):
 
-* ``runtime-default``: what ``dcae_deploy.runtime``'s runner does (ORT defaults + thread count);
+* ``ort-defaults``: ONNX Runtime's defaults + thread count;
 * ``all``: ORT_ENABLE_ALL (incl. the NCHWc layout transformer), CPU arena, memory patterns, spinning,
-  denormals as zero -- the settings ``bench_stages.py`` gives ONNX Runtime;
+  denormals as zero -- ``dcae_deploy.runtime``'s ``OrtSettings`` defaults;
 * ``extended`` / ``basic``: lower graph optimisation levels (no NCHWc layout / only constant folding);
 * ``all-no-spin``: ``all`` with ``session.intra_op.allow_spinning=0`` (kinder to a busy machine);
 * ``all-no-arena``: ``all`` without the CPU memory arena (lower peak memory, more allocator calls);
-* ``all+resize``: ``all`` on a copy of the graph where the ``Unsqueeze -> Expand -> Reshape`` chains
+* ``all+resize``: what the runtime's CPU runner does: ``all`` on a copy of the graph where the ``Unsqueeze -> Expand -> Reshape`` chains
   (nearest 2x upsampling and channel repeat_interleave, written so for TensorRT) became one ``Resize``;
 * ``offline-all``: the graph optimised once at ORT_ENABLE_ALL and saved (``optimized_model_filepath``),
   then loaded with optimisations off: same kernels, faster session start. The saved graph is tied to this
   CPU's instruction set (NCHWc block size), so ship the plain graph and optimise on the target.
 
 Inputs are seeded (N(0,1) / 0.41 for latents), the same for every configuration; the output of each is
-compared with ``runtime-default``'s.
+compared with ``ort-defaults``'s.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def session(graph: Path, config: str, threads: int, workdir: Path, profile: bool
     o = ort.SessionOptions()
     o.log_severity_level = 3
     o.intra_op_num_threads = threads
-    if config != "runtime-default":
+    if config != "ort-defaults":
         o.inter_op_num_threads = 1
         o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         o.add_session_config_entry("session.set_denormal_as_zero", "1")
@@ -64,9 +64,13 @@ def session(graph: Path, config: str, threads: int, workdir: Path, profile: bool
     if config == "all+resize":
         rewritten = workdir / f"{graph.stem}.resize.onnx"
         if not rewritten.is_file():
-            from ort_graph import rewrite_expand_to_resize
+            import onnx
 
-            print(f"  (rewrote {rewrite_expand_to_resize(graph, rewritten)} Unsqueeze-Expand-Reshape chains to Resize)")
+            from dcae_deploy.runtime.ort_graph import rewrite_expand_to_resize
+
+            model = onnx.load(str(graph))
+            print(f"  (rewrote {rewrite_expand_to_resize(model)} Unsqueeze-Expand-Reshape chains to Resize)")
+            onnx.save(model, str(rewritten))
         graph = rewritten
     if profile:
         o.enable_profiling = True
@@ -110,7 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--configs",
-                   default="runtime-default,all,extended,basic,all-no-spin,all-no-arena,offline-all,all+resize")
+                   default="ort-defaults,all,extended,basic,all-no-spin,all-no-arena,offline-all,all+resize")
     p.add_argument("--profile", action="store_true", help="also print the op types taking most time (config 'all')")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)

@@ -147,3 +147,14 @@ def test_full_f32c32_sana_exports_and_passes_the_gate(tmp_path):
     info = build_engines(tmp_path, backend="tensorrt-rtx", components=["decoder"], progress=False)["decoder"]
     assert info.plan_path.is_file() and info.plan_bytes > 100e6  # fp32 weights alone are 637 MB
     assert info.variant == "f32c32-sana" and info.backend == "tensorrt-rtx"
+
+
+def test_fully_static_encoder_profile_has_no_dynamic_spatial_axes():
+    """min == max resolution: the derived ``height = 32 * latent_height`` stays static instead of failing."""
+    from dcae_deploy.export.specs import Resolution, autoencoder_spec
+    from dcae_deploy.variants import get_variant
+
+    spec = autoencoder_spec("encoder", get_variant("tiny-f32c32-sana"), Resolution(64, 64, 64, max_batch=2))
+    (image_axes,) = spec.dynamic_shapes()
+    assert list(image_axes) == [0]  # only the batch
+    assert spec.profile()["image"] == ((1, 3, 64, 64), (1, 3, 64, 64), (2, 3, 64, 64))

@@ -6,16 +6,23 @@ that fp32 parity holds; inputs are copied host -> device with ``OrtValue.ortvalu
 synchronous copy, so no cross-stream hazard), and an input passed again as the *same* array object
 (the caption states across denoiser steps) keeps its device copy. The CUDA path could not be run on
 the CPU-only development machine; it is exercised on a GPU machine only.
+
+CPU sessions use :class:`OrtSettings` (sequential execution, all graph optimisations, memory arena and
+patterns, spinning threads, denormals as zero) and load the graph through
+:func:`~dcae_deploy.runtime.ort_graph.load_rewritten` (``Unsqueeze -> Expand -> Reshape`` as one ``Resize``,
+bit-identical and faster on the CPU EP; needs the ``onnx`` package, skipped without it).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dcae_deploy.manifest import Component
 from dcae_deploy.runtime.errors import BackendError
+from dcae_deploy.runtime.ort_graph import load_rewritten
 from dcae_deploy.runtime.runners.base import Runner
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -36,11 +43,26 @@ def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+@dataclass(frozen=True)
+class OrtSettings:
+    """Session settings (benchmarks/ort_cpu_options.py compares the alternatives)."""
+
+    graph_optimization_level: str = "ORT_ENABLE_ALL"
+    enable_cpu_mem_arena: bool = True
+    enable_mem_pattern: bool = True
+    allow_spinning: bool = True  # idle threads spin between ops: faster, but busy on a shared machine
+    denormal_as_zero: bool = True
+    rewrite_resize: bool | None = None  # None: on for the CPU EP, off for CUDA (see ort_graph.py)
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    optimized_model_filepath: str | None = None  # save the optimised graph (tied to this CPU's instruction set)
+
+
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(
-        self, component: Component, graph: str | Path, precision: str, device: str = "auto", threads: int | None = None
+        self, component: Component, graph: str | Path, precision: str, device: str = "auto", threads: int | None = None,
+        settings: OrtSettings | None = None,
     ) -> None:
         super().__init__(component)
         if device not in DEVICES:
@@ -49,6 +71,8 @@ class OnnxRuntimeRunner(Runner):
         self.precision = precision
         self.device = device
         self.threads = threads
+        self.settings = settings or OrtSettings()
+        self.report: dict = {}  # what the loaded session used (benchmarks print it)
         self._session = None
         self._cuda = False
         self._bound: dict[str, tuple[np.ndarray, object]] = {}
@@ -61,18 +85,37 @@ class OnnxRuntimeRunner(Runner):
                 "--device cuda asked for ONNX Runtime's CUDA EP, which this onnxruntime does not have: "
                 "`pip install onnxruntime-gpu` (and a CUDA-capable GPU), or use --device cpu"
             )
+        t = self.settings
         providers: list = ["CPUExecutionProvider"]
         if self._cuda:
             if hasattr(ort, "preload_dlls"):
                 ort.preload_dlls()
-            cuda_options = {"device_id": 0, "use_tf32": 0 if self.precision == "fp32" else 1}
+            cuda_options = {"device_id": 0, "use_tf32": 0 if self.precision == "fp32" else 1,
+                            "cudnn_conv_algo_search": t.cudnn_conv_algo_search}
             providers.insert(0, ("CUDAExecutionProvider", cuda_options))
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if self.threads:
-            options.intra_op_num_threads = self.threads
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, t.graph_optimization_level)
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = int(self.threads or 0)
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = t.enable_cpu_mem_arena
+        options.enable_mem_pattern = t.enable_mem_pattern
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if t.allow_spinning else "0")
+        if t.denormal_as_zero:
+            options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        if t.optimized_model_filepath:
+            options.optimized_model_filepath = t.optimized_model_filepath
+        source: str | bytes = str(self.graph)
+        rewritten = 0
+        if (not self._cuda if t.rewrite_resize is None else t.rewrite_resize) and self.graph.is_file():
+            loaded = load_rewritten(self.graph)
+            if loaded is not None:
+                source, rewritten = loaded
+        self.report = {**asdict(t), "intra_op_num_threads": options.intra_op_num_threads,
+                       "graph_rewrite": f"{rewritten} Unsqueeze-Expand-Reshape -> Resize(nearest)" if rewritten else None}
         try:
-            self._session = ort.InferenceSession(str(self.graph), options, providers=providers)
+            self._session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail / InvalidGraph / NotImplemented types
             hint = " (ONNX Runtime's CPU EP has no bf16 convolution: use an fp32/fp16 export or a GPU)" if (
                 self.precision == "bf16" and not self._cuda

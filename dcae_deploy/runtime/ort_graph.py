@@ -1,9 +1,9 @@
-"""ONNX Runtime-specific graph rewrites, applied to a copy of an exported graph (the export stays as it is).
+"""ONNX Runtime-specific graph rewrites, applied in memory when a CPU session loads (the export stays as it is).
 
 The exporter writes nearest 2x upsampling and channel ``repeat_interleave`` as ``Unsqueeze -> Expand ->
 Reshape`` (TensorRT has no bf16 Resize); ONNX Runtime's CPU Expand materialises the broadcast and Reshape
 copies it again. One ``Resize(nearest)`` computes the same values (bit for bit) writing the output once:
-measured 18.4 -> 12.7 ms on the demo decoder at 128 px, 1 thread (see README).
+measured 18.4 -> 12.7 ms on the demo decoder at 128 px, 1 thread (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -14,21 +14,20 @@ from pathlib import Path
 import numpy as np
 
 
-def rewrite_expand_to_resize(src: Path, dst: Path) -> int:
-    """Replace ``Unsqueeze -> Expand -> Reshape`` (nearest 2x upsampling and channel ``repeat_interleave``, written
-    that way for TensorRT's sake) by one ``Resize(nearest, asymmetric, floor)``; returns how many were replaced.
-
-    ONNX Runtime's CPU Expand materialises the broadcast tensor and then Reshape copies it again; one
-    Resize writes the output once. Same values bit for bit. External data is not handled (graphs < 2 GB)."""
-    import onnx
+def rewrite_expand_to_resize(model) -> int:
+    """Replace, in ``model`` (an ``onnx.ModelProto``), every ``Unsqueeze -> Expand -> Reshape`` (nearest 2x
+    upsampling and channel ``repeat_interleave``, written that way for TensorRT's sake) by one
+    ``Resize(nearest, asymmetric, floor)``; returns how many were replaced. Same values bit for bit."""
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(src))
     g = model.graph
-    values = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    tensors = {i.name: i for i in g.initializer}  # converted on demand: only small shape/axes tensors are read
     for n in g.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t"):
-            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+            tensors[n.output[0]] = n.attribute[0].t
+
+    def value(name: str):
+        return numpy_helper.to_array(tensors[name]) if name in tensors else None
     producer = {o: n for n in g.node for o in n.output}
     uses = collections.Counter(i for n in g.node for i in n.input)
     drop, add = set(), {}
@@ -39,10 +38,10 @@ def rewrite_expand_to_resize(src: Path, dst: Path) -> int:
         if expand.op_type != "Expand" or uses[expand.output[0]] != 1 or expand.input[0] not in producer:
             continue
         unsq = producer[expand.input[0]]
-        if unsq.op_type != "Unsqueeze" or uses[unsq.output[0]] != 1 or unsq.input[1] not in values:
+        if unsq.op_type != "Unsqueeze" or uses[unsq.output[0]] != 1 or unsq.input[1] not in tensors:
             continue
-        axes = [int(a) for a in np.atleast_1d(values[unsq.input[1]])]
-        shape = [int(a) for a in values.get(expand.input[1], [])]
+        axes = [int(a) for a in np.atleast_1d(value(unsq.input[1]))]
+        shape = [int(a) for a in (value(expand.input[1]) if expand.input[1] in tensors else [])]
         if axes == [3, 5] and len(shape) == 6 and shape[3] == shape[5] and shape[:3] == [1, 1, 1] and shape[4] == 1:
             scales = [1.0, 1.0, float(shape[3]), float(shape[5])]
         elif axes == [2] and len(shape) == 5 and shape[:2] == [1, 1] and shape[3:] == [1, 1]:
@@ -59,5 +58,18 @@ def rewrite_expand_to_resize(src: Path, dst: Path) -> int:
     nodes = [add.get(id(n), n) for n in g.node if id(n) not in drop]
     del g.node[:]
     g.node.extend(nodes)
-    onnx.save(model, str(dst))
     return len(add)
+
+
+def load_rewritten(graph: Path) -> tuple[bytes, int] | None:
+    """``graph`` with :func:`rewrite_expand_to_resize` applied, serialised for ``InferenceSession``, and the number
+    of rewrites; None when nothing changes, the ``onnx`` package is missing, or weights are external (> 2 GB)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    model = onnx.load(str(graph), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return None
+    count = rewrite_expand_to_resize(model)
+    return (model.SerializeToString(), count) if count else None
