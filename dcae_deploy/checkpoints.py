@@ -107,7 +107,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
         raise
 
 
-_atomic_write = atomic_write  # old private name (engines/build.py and engines/script.py imported it); drop when unused
 
 
 def _umask() -> int:

@@ -4,6 +4,7 @@
 
     python -m dcae_deploy.generate --prompt "a red circle on a blue background" --output out.png
     python -m dcae_deploy.generate --artifacts export/demo --backend tensorrt --seed 7 --batch 4 --output img.png
+    python -m dcae_deploy.generate --backend torch --checkpoint runs/demo/pipeline --output out.png   # no export
 
 Without ``--artifacts`` it uses the shipped demo model (exported once into ``~/.cache/dcae_deploy``,
 or ``$DCAE_DEPLOY_CACHE``). ``--batch N`` writes ``img-0.png`` ... ``img-{N-1}.png`` (seeds seed ... seed+N-1).
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime", "tensorrt"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch / ONNX Runtime device")
     p.add_argument("--engine-dir", default=None, help="TensorRT plans (default: the one under ARTIFACTS/engines)")
-    p.add_argument("--checkpoint", default=None, help="torch backend: pipeline folder (default: the manifest's)")
+    p.add_argument("--checkpoint", default=None, help="torch backend: pipeline folder (default: the manifest's); "
+                   "without --artifacts it runs that folder directly, with no export")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--sampler", default=None, choices=("dpm-solver++", "euler"))
@@ -53,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         raise DcaeDeployError(f"--batch must be at least 1, got {args.batch}")
     if not args.output.lower().endswith(".png"):
         raise DcaeDeployError(f"--output {args.output} must end in .png")
-    if args.artifacts is None:
+    if args.checkpoint and args.artifacts is None and args.backend != "torch":
+        raise DcaeDeployError(f"--checkpoint without --artifacts runs PyTorch weights directly: add --backend torch, "
+                              f"or export them first for {args.backend} (python -m dcae_deploy.export)")
+    eager = args.backend == "torch" and args.checkpoint and args.artifacts is None
+    if eager:
+        artifacts = None
+    elif args.artifacts is None:
         from dcae_deploy.runtime.demo import demo_artifacts
 
         artifacts = demo_artifacts()
@@ -75,9 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         sampler=args.sampler,
         tile_size=args.tile_size,
     )
-    backend = open_backend(args.backend, artifacts, options)
-    with TextToImage(artifacts, backend, low_memory=args.low_memory, progress=not args.quiet,
-                     verbose=args.verbose) as t2i:
+    settings = dict(low_memory=args.low_memory, progress=not args.quiet, verbose=args.verbose)
+    if eager:
+        from dcae_deploy.runtime.eager import open_pytorch
+
+        t2i = open_pytorch(args.checkpoint, variant=args.variant, device=args.device, **settings)
+    else:
+        t2i = TextToImage(artifacts, open_backend(args.backend, artifacts, options), **settings)
+    with t2i:
         result = t2i.generate(config)
     for image, path in zip(result.images, output_paths(args.output, len(result.images))):
         save_png(image, path)

@@ -7,12 +7,11 @@ copied to a laptop runs with the deploy requirements alone (``runtime/requiremen
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dcae_deploy.manifest import FORMAT_TAG, FORMAT_VERSION, MANIFEST_FILE, Component, Manifest, verify_files
+from dcae_deploy.manifest import MANIFEST_FILE, Component, Manifest, ManifestError, read_manifest, verify_files
 from dcae_deploy.runtime.errors import ArtifactsError
 
 REQUIRED_COMPONENTS = ("text_encoder", "denoiser", "decoder")
@@ -155,17 +154,10 @@ def load_artifacts(folder: str | Path, variant: str | None = None, verify: bool 
     if not path.is_file():
         raise ArtifactsError(f"{folder} has no {MANIFEST_FILE}: it is not an export folder; {EXPORT_HINT}")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ArtifactsError(f"cannot read {path} ({exc}); re-export the folder") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT_TAG or data.get("version") != FORMAT_VERSION:
-        raise ArtifactsError(f"{path} is not a dcae_deploy manifest of version {FORMAT_VERSION}; re-export with this version")
-    pipeline = data.get("pipeline")
-    known = {f.name for f in dataclasses.fields(Manifest)} | {"format", "version"}
-    try:  # tolerate fields this version's Manifest does not know (e.g. `pipeline` before it was added)
-        manifest = Manifest.from_dict({k: v for k, v in data.items() if k in known})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactsError(f"{path} is incomplete or malformed ({exc!r}); re-export the folder") from exc
+        manifest = read_manifest(folder, verify=False)
+    except ManifestError as exc:
+        raise ArtifactsError(str(exc)) from exc
+    pipeline = manifest.pipeline
     if manifest.kind != "pipeline" or not isinstance(pipeline, dict):
         raise ArtifactsError(
             f"{folder} holds a {manifest.kind!r} export of {manifest.variant!r}, not a text-to-image pipeline; {EXPORT_HINT}"

@@ -27,7 +27,8 @@ def open_pytorch(source, *, variant: str | None = None, device: str = "auto", mi
                  max_res: int | None = None, max_batch: int | None = None, **kwargs) -> TextToImage:
     """A :class:`TextToImage` over PyTorch models: ``source`` is a pipeline folder (``load_pipeline``) or
     :class:`~dcae_deploy.models.pipeline.PipelineModels`. ``min_res``/``max_res``/``max_batch`` bound the
-    accepted requests as an export's profile would; other keyword arguments go to :class:`TextToImage`."""
+    accepted requests as an export's profile would (default: one latent cell up to the export defaults);
+    other keyword arguments go to :class:`TextToImage`."""
     from dcae_deploy.export import describe_pipeline
     from dcae_deploy.models.pipeline import PipelineModels, load_pipeline
 
@@ -37,6 +38,8 @@ def open_pytorch(source, *, variant: str | None = None, device: str = "auto", mi
     else:
         folder = Path(source).expanduser()
         models = load_pipeline(folder, variant=variant)
+    if min_res is None:  # no graph to build: any multiple of the compression ratio down to one latent cell
+        min_res = models.autoencoder.config.spatial_compression_ratio
     manifest = describe_pipeline(models, min_res=min_res, max_res=max_res, max_batch=max_batch)
     artifacts = Artifacts(folder.resolve() if folder else Path.cwd(), manifest, PipelineInfo.from_dict(manifest.pipeline))
     backend = TorchBackend(artifacts, BackendOptions(device=device), models=models)

@@ -70,3 +70,23 @@ def test_demo_cache_folder_follows_the_weights(monkeypatch, tmp_path):
     assert first.parent == tmp_path / "cache" and first.name.startswith("demo-") and len(first.name) == 17
     (weights / "pipeline.json").write_text('{"variant": "demo", "v": 2}')
     assert demo.cache_folder(weights) != first
+
+
+def test_generate_runs_a_pytorch_folder_without_export(artifacts_dir, tmp_path):
+    """--backend torch --checkpoint FOLDER (no --artifacts) runs the weights directly: the same image as the
+    torch backend on an export of those weights."""
+    from dcae_deploy.models.pipeline import build_pipeline, save_pipeline
+
+    save_pipeline(build_pipeline("demo", seed=0), tmp_path / "ckpt")  # what the fixture export was made from
+    common = ["--prompt", "a red circle", "--steps", "2", "--height", "64", "--width", "64", "--backend", "torch",
+              "--device", "cpu", "--quiet"]
+    assert run_cli(generate_main, [*common, "--checkpoint", str(tmp_path / "ckpt"), "--output", str(tmp_path / "a.png")]) == 0
+    assert run_cli(generate_main, [*common, "--artifacts", str(artifacts_dir), "--output", str(tmp_path / "b.png")]) == 0
+    eager, exported = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in "ab")
+    assert np.array_equal(eager, exported)
+
+
+def test_checkpoint_without_artifacts_needs_the_torch_backend(tmp_path, capsys):
+    argv = ["--prompt", "a red circle", "--checkpoint", str(tmp_path), "--output", str(tmp_path / "x.png")]
+    assert run_cli(generate_main, argv) == 1
+    assert "add --backend torch" in capsys.readouterr().err
