@@ -47,6 +47,12 @@ NUMPY_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 DEFAULT_RESOLUTION = Resolution(min_res=256, opt_res=512, max_res=1024, max_batch=4)
 PARITY_FILE = "parity.json"
 TOKENIZER_DIR = "tokenizer"
+# pipeline part -> the components that need it
+PIPELINE_PARTS = {
+    "autoencoder": ("encoder", "decoder", "decoder_global", "decoder_local"),
+    "denoiser": ("denoiser",),
+    "text_encoder": ("text_encoder",),
+}
 
 __all__ = ["DEFAULT_RESOLUTION", "PRECISIONS", "ExportParts", "Resolution", "export_model"]
 
@@ -108,7 +114,7 @@ def export_model(
     res = _resolution(config, min_res, opt_res, max_res, max_batch)
     res.validate(ratio)
     output_dir = _prepare_output(Path(output_dir))
-    parts = _load_parts(config, checkpoint)
+    parts = _load_parts(config, checkpoint, names)
     specs = [_component_spec(name, parts, config, res, ratio) for name in names]
 
     staging = Path(tempfile.mkdtemp(prefix=".export-staging-", dir=output_dir))
@@ -190,8 +196,9 @@ def _prepare_output(path: Path) -> Path:
     return path
 
 
-def _load_parts(config, checkpoint) -> ExportParts:
-    """Build (random weights, with a loud warning) or load the PyTorch parts of ``config``."""
+def _load_parts(config, checkpoint, names: list[str]) -> ExportParts:
+    """Build (random weights, with a loud warning) or load the PyTorch parts of ``config`` that the
+    components ``names`` need (a pipeline's decoder alone does not load its text encoder)."""
     if checkpoint is None:
         log("=" * 78)
         log(f"WARNING: no --checkpoint: exporting RANDOMLY INITIALISED {config.name} weights.")
@@ -225,7 +232,11 @@ def _load_parts(config, checkpoint) -> ExportParts:
         return ExportParts(text_encoder=model, tokenizer=_find_tokenizer(folder, config))
     from dcae_deploy.models.pipeline import build_pipeline, load_pipeline
 
-    models = build_pipeline(config) if checkpoint is None else load_pipeline(checkpoint, config.name)
+    needed = [part for part, comps in PIPELINE_PARTS.items() if set(comps) & set(names)]
+    if checkpoint is None:
+        models = build_pipeline(config, parts=needed)
+    else:
+        models = load_pipeline(checkpoint, config.name, parts=needed)
     return ExportParts(models.autoencoder, models.denoiser, models.text_encoder, models.tokenizer, models.config)
 
 
@@ -275,7 +286,9 @@ def _save_tokenizer(parts: ExportParts, staging: Path) -> tuple[dict[str, str], 
 def _pipeline_section(parts: ExportParts, tokenizer_path: str | None) -> dict[str, Any]:
     """The manifest's ``pipeline`` field: what the runtime needs and cannot read from the graphs."""
     pipe = parts.pipeline
-    ae, den = parts.autoencoder.config, parts.denoiser.config
+    registered = pipe.parts()  # for the parts this export did not load
+    ae = parts.autoencoder.config if parts.autoencoder is not None else registered["autoencoder"]
+    den = parts.denoiser.config if parts.denoiser is not None else registered["denoiser"]
     te_config = get_variant(pipe.text_encoder, kind="text_encoder")
     tok = parts.tokenizer
     lengths = getattr(tok, "input_lengths", (te_config.max_length, te_config.max_length))

@@ -29,37 +29,54 @@ PIPELINE_FILE = "pipeline.json"
 SUBFOLDERS = {"autoencoder": "vae", "denoiser": "transformer", "text_encoder": "text_encoder", "tokenizer": "tokenizer"}
 
 
+PARTS = ("autoencoder", "denoiser", "text_encoder")  # the tokenizer comes with the text encoder
+
+
 @dataclass
 class PipelineModels:
-    """The PyTorch parts of a text-to-image model (all in eval mode)."""
+    """The PyTorch parts of a text-to-image model (all in eval mode); a part not asked for is None."""
 
     config: PipelineConfig
-    autoencoder: nn.Module
-    denoiser: nn.Module
-    text_encoder: nn.Module
-    tokenizer: Any  # callable: prompts -> (input_ids, attention_mask) int64 numpy arrays
+    autoencoder: nn.Module | None
+    denoiser: nn.Module | None
+    text_encoder: nn.Module | None
+    tokenizer: Any  # callable: prompts -> (input_ids, attention_mask) int64 numpy arrays (None without text encoder)
 
 
-def build_pipeline(variant: str | PipelineConfig, seed: int = 0) -> PipelineModels:
-    """Randomly initialised parts of a registered pipeline (for structure and parity checks)."""
+def _check_parts(parts) -> tuple[str, ...]:
+    parts = PARTS if parts is None else tuple(parts)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown pipeline part(s) {', '.join(unknown)}; parts are {', '.join(PARTS)}")
+    return parts
+
+
+def build_pipeline(variant: str | PipelineConfig, seed: int = 0, parts=None) -> PipelineModels:
+    """Randomly initialised parts of a registered pipeline (for structure and parity checks).
+
+    Each part is drawn from its own seed (``seed``, ``seed + 1``, ``seed + 2`` in :data:`PARTS` order), so a
+    subset (``parts``) has the same weights as in the full build.
+    """
     from dcae_deploy.models.autoencoder import build_autoencoder
     from dcae_deploy.models.denoiser import build_denoiser
     from dcae_deploy.models.text_encoder import build_text_encoder, default_tokenizer
 
     config = get_variant(variant, kind="pipeline") if isinstance(variant, str) else variant
-    parts = config.parts()
-    torch.manual_seed(seed)
-    return PipelineModels(
-        config=config,
-        autoencoder=build_autoencoder(parts["autoencoder"]).eval(),
-        denoiser=build_denoiser(parts["denoiser"]).eval(),
-        text_encoder=build_text_encoder(parts["text_encoder"]).eval(),
-        tokenizer=default_tokenizer(parts["text_encoder"]),
-    )
+    wanted, configs = _check_parts(parts), config.parts()
+    builders = {"autoencoder": build_autoencoder, "denoiser": build_denoiser, "text_encoder": build_text_encoder}
+    built = {}
+    for offset, part in enumerate(PARTS):
+        if part in wanted:
+            torch.manual_seed(seed + offset)
+            built[part] = builders[part](configs[part]).eval()
+    with_text = "text_encoder" in wanted
+    return PipelineModels(config=config, autoencoder=built.get("autoencoder"), denoiser=built.get("denoiser"),
+                          text_encoder=built.get("text_encoder"),
+                          tokenizer=default_tokenizer(configs["text_encoder"]) if with_text else None)
 
 
-def load_pipeline(folder: str | Path, variant: str | None = None) -> PipelineModels:
-    """Load every part of a pipeline folder (see the module docstring).
+def load_pipeline(folder: str | Path, variant: str | None = None, parts=None) -> PipelineModels:
+    """Load the parts (default: all) of a pipeline folder (see the module docstring), in fp32.
 
     Raises:
         CheckpointError: not a pipeline folder, a part missing, or weights that do not fit the variant.
@@ -70,16 +87,21 @@ def load_pipeline(folder: str | Path, variant: str | None = None) -> PipelineMod
 
     folder = Path(folder)
     config = _pipeline_config(folder, variant)
-    parts = config.parts()
-    for part, sub in SUBFOLDERS.items():
+    wanted, configs = _check_parts(parts), config.parts()
+    subfolders = [SUBFOLDERS[p] for p in wanted] + (["tokenizer"] if "text_encoder" in wanted else [])
+    for sub in subfolders:
         if not (folder / sub).exists():
-            raise CheckpointError(f"pipeline folder {folder} has no {sub}/ ({part} of {config.name})")
-    return PipelineModels(  # weights may be stored in fp16 (the shipped demo); compute in fp32
-        config=config,
-        autoencoder=load_autoencoder(folder / "vae", parts["autoencoder"].name).float().eval(),
-        denoiser=load_denoiser(folder / "transformer", parts["denoiser"].name).float().eval(),
-        text_encoder=load_text_encoder(folder / "text_encoder", parts["text_encoder"].name).float().eval(),
-        tokenizer=load_tokenizer(folder / "tokenizer", parts["text_encoder"]),
+            raise CheckpointError(f"pipeline folder {folder} has no {sub}/ (part of {config.name})")
+    loaders = {  # weights may be stored in fp16 (the shipped demo); compute in fp32
+        "autoencoder": lambda: load_autoencoder(folder / "vae", configs["autoencoder"].name),
+        "denoiser": lambda: load_denoiser(folder / "transformer", configs["denoiser"].name),
+        "text_encoder": lambda: load_text_encoder(folder / "text_encoder", configs["text_encoder"].name),
+    }
+    loaded = {p: loaders[p]().float().eval() for p in wanted}
+    return PipelineModels(
+        config=config, autoencoder=loaded.get("autoencoder"), denoiser=loaded.get("denoiser"),
+        text_encoder=loaded.get("text_encoder"),
+        tokenizer=load_tokenizer(folder / "tokenizer", configs["text_encoder"]) if "text_encoder" in wanted else None,
     )
 
 

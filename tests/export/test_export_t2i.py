@@ -153,3 +153,25 @@ def test_pipeline_checkpoint_round_trip(tmp_path):
     assert manifest.checkpoint == str((tmp_path / "pipe").resolve())
     assert json.loads((tmp_path / "out" / "parity.json").read_text())["passed"]
     assert manifest.pipeline["text_encoder"]["tokenizer"] == "tokenizer/tokenizer.json"
+
+
+def test_a_subset_export_loads_only_the_parts_it_needs(tmp_path):
+    """--components decoder of a pipeline folder reads vae/ only: it works with the other parts absent."""
+    import shutil
+
+    from dcae_deploy.models.pipeline import build_pipeline, save_pipeline
+
+    full = build_pipeline("tiny-t2i", seed=0)
+    alone = build_pipeline("tiny-t2i", seed=0, parts=["denoiser"])
+    assert alone.autoencoder is None and alone.text_encoder is None and alone.tokenizer is None
+    for a, b in zip(full.denoiser.state_dict().values(), alone.denoiser.state_dict().values()):
+        assert torch.equal(a, b)  # each part has its own seed: a subset has the full build's weights
+
+    folder = save_pipeline(full, tmp_path / "ckpt")
+    for sub in ("transformer", "text_encoder", "tokenizer"):
+        shutil.rmtree(folder / sub)
+    manifest = export_model("tiny-t2i", tmp_path / "out", checkpoint=folder, components=["decoder"], **PROFILE)
+    assert list(manifest.components) == ["decoder"]
+    assert manifest.pipeline["autoencoder"]["scaling_factor"] == full.autoencoder.config.scaling_factor
+    with pytest.raises(DcaeDeployError, match="has no transformer/"):
+        export_model("tiny-t2i", tmp_path / "out2", checkpoint=folder, components=["denoiser"], **PROFILE)
