@@ -7,7 +7,7 @@
     python -m dcae_deploy.generate --backend torch --checkpoint runs/demo/pipeline --output out.png   # no export
 
 Without ``--artifacts`` it uses the shipped demo model (exported once into ``~/.cache/dcae_deploy``,
-or ``$DCAE_DEPLOY_CACHE``). ``--batch N`` writes ``img-0.png`` ... ``img-{N-1}.png`` (seeds seed ... seed+N-1).
+or ``$DCAE_DEPLOY_CACHE``; with ``--backend tensorrt`` its engines are built there once too). ``--batch N`` writes ``img-0.png`` ... ``img-{N-1}.png`` (seeds seed ... seed+N-1).
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = demo_artifacts()
         if args.variant not in (None, artifacts.variant):
             raise DcaeDeployError(f"the shipped demo is {artifacts.variant!r}, not {args.variant!r}: pass --artifacts")
+        if args.backend == "tensorrt" and args.engine_dir is None:
+            from dcae_deploy.runtime.demo import demo_engines
+
+            demo_engines(artifacts)
     else:
         artifacts = load_artifacts(args.artifacts, variant=args.variant)
     from dcae_deploy.runtime.backends import open_backend

@@ -51,10 +51,15 @@ def test_demo_prompt_adherence_through_onnxruntime(demo_export):
     assert result["shape_accuracy"] >= 0.15, result
 
 
-def test_main_job_generates_the_prompted_colours(demo_export, tmp_path):
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_main_job_generates_the_prompted_colours(demo_export, cache, tmp_path):
     """The README's main command, from a fresh cache folder: export on first use, then ONNX Runtime."""
     out = tmp_path / "out.png"
-    env = {"DCAE_DEPLOY_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    env = {"DCAE_DEPLOY_CACHE": str(cache), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, "-m", "dcae_deploy.generate", "--prompt", "a yellow square on a purple background",
          "--output", str(out), "--seed", "3"],
@@ -65,3 +70,22 @@ def test_main_job_generates_the_prompted_colours(demo_export, tmp_path):
 
     judged = judge_image(np.asarray(Image.open(out).convert("RGB")))
     assert (judged.fg_colour, judged.bg_colour) == ("yellow", "purple"), judged
+
+
+def test_tensorrt_backend_builds_the_demo_engines_where_possible(cache, tmp_path):
+    """--backend tensorrt without --artifacts builds the demo's engines into the cache once. TensorRT-RTX
+    builds without a GPU; running the engines needs one, so on a CPU-only machine the command then stops
+    with the runner's message instead of an image."""
+    pytest.importorskip("tensorrt_rtx", reason="needs TensorRT-RTX (the test extra installs it on Linux/Windows)")
+    env = {"DCAE_DEPLOY_CACHE": str(cache), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "dcae_deploy.generate", "--prompt", "a red circle", "--backend", "tensorrt",
+         "--output", str(tmp_path / "trt.png")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    plans = sorted(p.name for p in cache.glob("demo-*/engines/*/*.plan"))
+    assert plans == sorted(f"{c}.plan" for c in ("decoder", "decoder_global", "decoder_local", "denoiser",
+                                                  "text_encoder")), run.stderr[-2000:]
+    if run.returncode != 0:  # no GPU here: the error names what is missing, and no PNG is written
+        assert "GPU" in run.stderr or "CUDA" in run.stderr, run.stderr[-2000:]
+        assert not (tmp_path / "trt.png").exists()

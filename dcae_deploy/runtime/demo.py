@@ -66,3 +66,21 @@ def demo_artifacts() -> Artifacts:
 
     export_model(DEMO_VARIANT, cache, checkpoint=folder, **DEMO_EXPORT)
     return load_artifacts(cache, variant=DEMO_VARIANT)
+
+
+def demo_engines(artifacts: Artifacts) -> None:
+    """Build the demo's TensorRT engines into its cache folder once (``generate --backend tensorrt`` without
+    ``--artifacts``). TensorRT-RTX builds on any machine, full TensorRT needs a GPU; running them needs one."""
+    from dcae_deploy.runtime.backends import find_engine_dir
+    from dcae_deploy.runtime.errors import BackendError
+
+    try:
+        find_engine_dir(artifacts, None)
+        return
+    except BackendError:
+        pass
+    print(f"[generate] first TensorRT run: building the demo's engines in {artifacts.folder / 'engines'} (once) ...",
+          file=sys.stderr)
+    from dcae_deploy.engines.build import build_engines
+
+    build_engines(artifacts.folder)
