@@ -1,9 +1,9 @@
 """The shipped demo model (dcae_deploy/demo): it loads, reconstructs, and draws what it is told.
 
 The floors below are regression bars for the weights in the repository, measured on small samples
-(the full evaluation is `python -m dcae_deploy.evaluate`, 100 prompts / 64 images). They are lower
-than the issue's goals (PSNR >= 28 dB, shape >= 70%), which the current weights do not reach yet;
-foreground colour does meet its goal (>= 90%).
+(the full evaluation is `python -m dcae_deploy.evaluate`, 100 prompts / 64 images: PSNR 28.0 dB, colour
+100%, shape 35%). Colour meets the issue's goal (>= 90%); the shape goal (>= 70%) is not reached yet,
+so its floor guards the current level.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_demo_reconstructs_heldout_images():
     models = load_pipeline(demo_folder())
     with torch.no_grad():
         psnr = reconstruction_psnr(models.autoencoder, count=16)["psnr_mean"]
-    assert psnr >= 23.5, psnr  # measured 24.7 dB on 64 images
+    assert psnr >= 27.0, psnr  # measured 27.4 dB on these 16 images, 28.0 dB on 64
 
 
 def test_demo_prompt_adherence_through_onnxruntime(demo_export):
@@ -48,7 +48,7 @@ def test_demo_prompt_adherence_through_onnxruntime(demo_export):
     result = score(prompts, images)
     assert result["fg_colour_accuracy"] >= 0.9, result
     assert result["bg_colour_accuracy"] >= 0.9, result
-    assert result["shape_accuracy"] >= 0.15, result
+    assert result["shape_accuracy"] >= 0.25, result  # measured 5 of 16 (31%)
 
 
 @pytest.fixture(scope="module")
