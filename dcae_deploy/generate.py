@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         raise DcaeDeployError(f"--batch must be at least 1, got {args.batch}")
     if not args.output.lower().endswith(".png"):
         raise DcaeDeployError(f"--output {args.output} must end in .png")
-    if args.checkpoint and args.artifacts is None and args.backend != "torch":
+    eager = args.checkpoint is not None and args.artifacts is None  # PyTorch weights, no export
+    if eager and args.backend != "torch":
         raise DcaeDeployError(f"--checkpoint without --artifacts runs PyTorch weights directly: add --backend torch, "
                               f"or export them first for {args.backend} (python -m dcae_deploy.export)")
-    eager = args.backend == "torch" and args.checkpoint and args.artifacts is None
     if eager:
         artifacts = None
     elif args.artifacts is None:

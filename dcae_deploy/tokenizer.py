@@ -42,8 +42,9 @@ class WordTokenizer:
     def unknown_words(self, prompt: str) -> list[str]:
         return [w for w in self.words(prompt) if w not in self.ids]
 
-    def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, attention_mask), both int64 (batch, max_length)."""
+    def __call__(self, prompts: Sequence[str], instruction: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask), both int64 (batch, max_length). ``instruction`` is the common tokenizer
+        interface (see :class:`GemmaTokenizer`); a word vocabulary has no instruction prefix to leave out."""
         if isinstance(prompts, str):
             prompts = [prompts]
         ids = np.full((len(prompts), self.max_length), self.ids[PAD], dtype=np.int64)
@@ -142,6 +143,10 @@ class GemmaTokenizer:
     def input_lengths(self) -> tuple[int, int]:
         """(tokens without the instruction, tokens with it): the text encoder's input length range."""
         return self.max_length, self.length(instruction=True)
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """None: the BPE falls back to bytes, so every character has a token (the common tokenizer interface)."""
+        return []
 
     def length(self, instruction: bool = True) -> int:
         """Tokens per row: ``len(tokens(CHI)) + max_length - 2`` with the instruction, else ``max_length``."""

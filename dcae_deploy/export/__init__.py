@@ -289,7 +289,7 @@ def _pipeline_section(parts: ExportParts, tokenizer_path: str | None) -> dict[st
     registered = pipe.parts()  # for the parts this export did not load
     ae = parts.autoencoder.config if parts.autoencoder is not None else registered["autoencoder"]
     den = parts.denoiser.config if parts.denoiser is not None else registered["denoiser"]
-    te_config = get_variant(pipe.text_encoder, kind="text_encoder")
+    te_config = registered["text_encoder"]
     tok = parts.tokenizer
     lengths = getattr(tok, "input_lengths", (te_config.max_length, te_config.max_length))
     return {

@@ -122,10 +122,7 @@ def encode_prompts(
     """
     from dcae_deploy.tokenizer import select_positions
 
-    if getattr(tokenizer, "instruction", None) is not None:
-        ids, mask = tokenizer(prompts, instruction=instruction)
-    else:
-        ids, mask = tokenizer(prompts)
+    ids, mask = tokenizer(prompts, instruction=instruction)
     with torch.no_grad():
         states = encoder(torch.from_numpy(ids), torch.from_numpy(mask))
     return states, torch.from_numpy(select_positions(mask, states.shape[1]).astype(np.int64))

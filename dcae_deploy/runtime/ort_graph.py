@@ -27,7 +27,8 @@ def rewrite_expand_to_resize(model) -> int:
             tensors[n.output[0]] = n.attribute[0].t
 
     def value(name: str):
-        return numpy_helper.to_array(tensors[name]) if name in tensors else None
+        return numpy_helper.to_array(tensors[name]) if name in tensors else ()
+
     producer = {o: n for n in g.node for o in n.output}
     uses = collections.Counter(i for n in g.node for i in n.input)
     drop, add = set(), {}
@@ -41,7 +42,7 @@ def rewrite_expand_to_resize(model) -> int:
         if unsq.op_type != "Unsqueeze" or uses[unsq.output[0]] != 1 or unsq.input[1] not in tensors:
             continue
         axes = [int(a) for a in np.atleast_1d(value(unsq.input[1]))]
-        shape = [int(a) for a in (value(expand.input[1]) if expand.input[1] in tensors else [])]
+        shape = [int(a) for a in value(expand.input[1])]
         if axes == [3, 5] and len(shape) == 6 and shape[3] == shape[5] and shape[:3] == [1, 1, 1] and shape[4] == 1:
             scales = [1.0, 1.0, float(shape[3]), float(shape[5])]
         elif axes == [2] and len(shape) == 5 and shape[:2] == [1, 1] and shape[3:] == [1, 1]:

@@ -190,14 +190,11 @@ class TextToImage:
         from dcae_deploy.tokenizer import select_positions
 
         tokenizer = self.tokenizer()
-        unknown = sorted({w for t in texts for w in tokenizer.unknown_words(t)}) if hasattr(tokenizer, "unknown_words") else []
+        unknown = sorted({w for t in texts for w in tokenizer.unknown_words(t)})
         if unknown:
             print(f"[generate] warning: words outside the vocabulary are ignored as <unk>: {', '.join(unknown)}",
                   file=sys.stderr)
-        if getattr(tokenizer, "instruction", None) is not None:
-            ids, mask = tokenizer(list(texts), instruction=instruction)
-        else:
-            ids, mask = tokenizer(list(texts))
+        ids, mask = tokenizer(list(texts), instruction=instruction)
         runner = self._runner("text_encoder")
         chunk = self.artifacts.max_batch("text_encoder")
         out = []

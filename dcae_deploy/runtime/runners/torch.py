@@ -28,10 +28,12 @@ def _module(models, component: str):
     if component == "decoder":
         m = models.autoencoder.decoder
         return m, lambda x: m(x["latent"])
-    if component in ("decoder_global", "decoder_local"):
+    if component == "decoder_global":
         m = models.autoencoder.decoder
-        method = getattr(m, "decode_" + component.split("_")[1])
-        return m, lambda x: method(x["latent" if component == "decoder_global" else "features"])
+        return m, lambda x: m.decode_global(x["latent"])
+    if component == "decoder_local":
+        m = models.autoencoder.decoder
+        return m, lambda x: m.decode_local(x["features"])
     if component == "encoder":
         m = models.autoencoder.encoder
         return m, lambda x: m(x["image"])
