@@ -13,8 +13,11 @@ Configurations (all with intra-op threads = --threads, inter-op 1, sequential ex
 * ``extended`` / ``basic``: lower graph optimisation levels (no NCHWc layout / only constant folding);
 * ``all-no-spin``: ``all`` with ``session.intra_op.allow_spinning=0`` (kinder to a busy machine);
 * ``all-no-arena``: ``all`` without the CPU memory arena (lower peak memory, more allocator calls);
-* ``all+resize``: what the runtime's CPU runner does: ``all`` on a copy of the graph where the ``Unsqueeze -> Expand -> Reshape`` chains
+* ``all+resize``: ``all`` on a copy of the graph where the ``Unsqueeze -> Expand -> Reshape`` chains
   (nearest 2x upsampling and channel repeat_interleave, written so for TensorRT) became one ``Resize``;
+* ``all+rewrites``: what the runtime's CPU runner does: ``all`` on the graph with every rewrite of
+  ``dcae_deploy.runtime.ort_graph.CPU_REWRITES`` (the Resize one, RMSNorm and GLU as blocked convolutions,
+  blocked shortcuts);
 * ``offline-all``: the graph optimised once at ORT_ENABLE_ALL and saved (``optimized_model_filepath``),
   then loaded with optimisations off: same kernels, faster session start. The saved graph is tied to this
   CPU's instruction set (NCHWc block size), so ship the plain graph and optimise on the target.
@@ -61,6 +64,15 @@ def session(graph: Path, config: str, threads: int, workdir: Path, profile: bool
             else:
                 o = session_options_off(threads)
             graph = optimized
+    if config == "all+rewrites":
+        from dcae_deploy.runtime.ort_graph import load_rewritten
+
+        rewritten = workdir / f"{graph.stem}.rewrites.onnx"
+        if not rewritten.is_file():
+            data, counts = load_rewritten(graph) or (graph.read_bytes(), {})
+            print(f"  (rewrites: {', '.join(f'{v} {k}' for k, v in counts.items())})")
+            rewritten.write_bytes(data)
+        graph = rewritten
     if config == "all+resize":
         rewritten = workdir / f"{graph.stem}.resize.onnx"
         if not rewritten.is_file():
@@ -114,8 +126,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--configs",
-                   default="ort-defaults,all,extended,basic,all-no-spin,all-no-arena,offline-all,all+resize")
-    p.add_argument("--profile", action="store_true", help="also print the op types taking most time (config 'all')")
+                   default="ort-defaults,all,extended,basic,all-no-spin,all-no-arena,offline-all,all+resize,all+rewrites")
+    p.add_argument("--profile", action="store_true", help="also print the op types taking most time (--profile-config)")
+    p.add_argument("--profile-config", default="all+rewrites")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     from bench_worker import physical_cores
@@ -170,11 +183,11 @@ def main(argv=None) -> int:
               f"session {load:5.2f} s  rel L2 {err:.1e}", flush=True)
         del s
     if args.profile:
-        s, _ = session(folder / comp.file, "all", threads, workdir, profile=True)
+        s, _ = session(folder / comp.file, args.profile_config, threads, workdir, profile=True)
         for _ in range(3):
             s.run(None, feeds)
         prof = s.end_profiling()
-        print("slowest op types (ms over 3 runs, config 'all'):")
+        print(f"slowest op types (ms over 3 runs, config {args.profile_config!r}):")
         for op, ms in top_ops(prof):
             print(f"  {op:28s} {ms:9.2f}")
     if args.out:

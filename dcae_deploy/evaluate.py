@@ -37,6 +37,19 @@ def heldout_prompts(count: int) -> list[str]:
     return [caption_for(*order[i % len(order)]) for i in range(count)]
 
 
+def training_prompts(count: int) -> list[str]:
+    """``count`` prompts cycling through the training caption triples: for choosing sampling settings (such as
+    the guidance scale) without looking at the held-out ones."""
+    from dcae_deploy.data.shapes import caption_for, train_triples
+
+    triples = train_triples()
+    order = [triples[i] for i in np.random.default_rng(EVAL_SEED).permutation(len(triples))]
+    return [caption_for(*order[i % len(order)]) for i in range(count)]
+
+
+PROMPT_SPLITS = {"heldout": heldout_prompts, "train": training_prompts}
+
+
 def reconstruction_psnr(autoencoder, count: int = 64, resolution: int = 128, batch_size: int = 16) -> dict[str, float]:
     """PSNR (dB, images in [0, 1]) of encode -> decode on ``count`` held-out shapes images."""
     import torch
@@ -108,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--artifacts", help="an exported pipeline folder (manifest.json), run through --backend")
     p.add_argument("--backend", default="onnxruntime", help="with --artifacts: torch, onnxruntime or tensorrt")
     p.add_argument("--num-prompts", type=int, default=100)
+    p.add_argument("--prompt-split", choices=sorted(PROMPT_SPLITS), default="heldout",
+                   help="held-out caption triples (the evaluation) or training ones (to tune sampling settings)")
     p.add_argument("--reconstruction-images", type=int, default=64, help="0 skips the reconstruction check")
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float)
@@ -137,9 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reconstruction: PSNR {results['reconstruction']['psnr_mean']:.2f} dB mean "
               f"({results['reconstruction']['psnr_min']:.2f} min) on {args.reconstruction_images} held-out images")
     if args.num_prompts:
-        results["adherence"] = prompt_adherence(generate, heldout_prompts(args.num_prompts), args.batch_size)
+        prompts = PROMPT_SPLITS[args.prompt_split](args.num_prompts)
+        results["adherence"] = {**prompt_adherence(generate, prompts, args.batch_size), "split": args.prompt_split}
         a = results["adherence"]
-        print(f"prompt adherence on {a['n']} held-out prompts: foreground colour {a['fg_colour_accuracy']:.0%}, "
+        print(f"prompt adherence on {a['n']} {args.prompt_split} prompts: foreground colour {a['fg_colour_accuracy']:.0%}, "
               f"shape {a['shape_accuracy']:.0%}, background {a['bg_colour_accuracy']:.0%}, all three {a['joint_accuracy']:.0%}")
     if args.json:
         from dcae_deploy.checkpoints import write_json

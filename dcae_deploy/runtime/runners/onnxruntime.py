@@ -9,8 +9,9 @@ the CPU-only development machine; it is exercised on a GPU machine only.
 
 CPU sessions use :class:`OrtSettings` (sequential execution, all graph optimisations, memory arena and
 patterns, spinning threads, denormals as zero) and load the graph through
-:func:`~dcae_deploy.runtime.ort_graph.load_rewritten` (``Unsqueeze -> Expand -> Reshape`` as one ``Resize``,
-bit-identical and faster on the CPU EP; needs the ``onnx`` package, skipped without it).
+:func:`~dcae_deploy.runtime.ort_graph.load_rewritten`: the same function written so that the CPU EP's blocked
+(NCHWc) layout covers it (upsampling as one ``Resize``, RMSNorm and GLU as convolutions; needs the ``onnx``
+package, skipped without it).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class OrtSettings:
     enable_mem_pattern: bool = True
     allow_spinning: bool = True  # idle threads spin between ops: faster, but busy on a shared machine
     denormal_as_zero: bool = True
-    rewrite_resize: bool | None = None  # None: on for the CPU EP, off for CUDA (see ort_graph.py)
+    rewrite_graph: bool | None = None  # CPU layout rewrites (ort_graph.py); None: on for the CPU EP, off for CUDA
     cudnn_conv_algo_search: str = "EXHAUSTIVE"
     optimized_model_filepath: str | None = None  # save the optimised graph (tied to this CPU's instruction set)
 
@@ -107,13 +108,13 @@ class OnnxRuntimeRunner(Runner):
         if t.optimized_model_filepath:
             options.optimized_model_filepath = t.optimized_model_filepath
         source: str | bytes = str(self.graph)
-        rewritten = 0
-        if (not self._cuda if t.rewrite_resize is None else t.rewrite_resize) and self.graph.is_file():
+        rewrites: dict[str, int] = {}
+        if (not self._cuda if t.rewrite_graph is None else t.rewrite_graph) and self.graph.is_file():
             loaded = load_rewritten(self.graph)
             if loaded is not None:
-                source, rewritten = loaded
+                source, rewrites = loaded
         self.report = {**asdict(t), "intra_op_num_threads": options.intra_op_num_threads,
-                       "graph_rewrite": f"{rewritten} Unsqueeze-Expand-Reshape -> Resize(nearest)" if rewritten else None}
+                       "graph_rewrite": {k: v for k, v in rewrites.items() if v} or None}
         try:
             self._session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail / InvalidGraph / NotImplemented types
