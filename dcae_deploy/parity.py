@@ -49,12 +49,14 @@ class GoldenRecipe:
     steps: int = 4
     height: int = 64
     width: int = 64
+    guidance_scale: float = 4.0  # pinned: the golden file must not follow the demo's sampling default
 
     def generation(self):
         from dcae_deploy.runtime import GenerationConfig
 
         return GenerationConfig(prompts=(self.prompt,), negative_prompt=self.negative_prompt, seed=self.seed,
-                                steps=self.steps, height=self.height, width=self.width)
+                                steps=self.steps, height=self.height, width=self.width,
+                                guidance_scale=self.guidance_scale)
 
     def export(self, folder: str | Path):
         """Export the recipe's pipeline (random weights, seed 0) to ``folder``."""
