@@ -27,24 +27,27 @@ from dcae_deploy.errors import DcaeDeployError
 EVAL_SEED = 20_261_124  # images and prompts for evaluation; training uses small seeds
 
 
+def _cycled_captions(triples: list, count: int) -> list[str]:
+    """``count`` captions cycling through ``triples`` in a fixed (EVAL_SEED) shuffled order."""
+    from dcae_deploy.data.shapes import caption_for
+
+    order = [triples[i] for i in np.random.default_rng(EVAL_SEED).permutation(len(triples))]
+    return [caption_for(*order[i % len(order)]) for i in range(count)]
+
+
 def heldout_prompts(count: int) -> list[str]:
     """``count`` prompts cycling through the held-out caption triples (never seen in training)."""
-    from dcae_deploy.data.shapes import caption_for, heldout_triples
+    from dcae_deploy.data.shapes import heldout_triples
 
-    triples = heldout_triples()
-    rng = np.random.default_rng(EVAL_SEED)
-    order = [triples[i] for i in rng.permutation(len(triples))]
-    return [caption_for(*order[i % len(order)]) for i in range(count)]
+    return _cycled_captions(heldout_triples(), count)
 
 
 def training_prompts(count: int) -> list[str]:
     """``count`` prompts cycling through the training caption triples: for choosing sampling settings (such as
     the guidance scale) without looking at the held-out ones."""
-    from dcae_deploy.data.shapes import caption_for, train_triples
+    from dcae_deploy.data.shapes import train_triples
 
-    triples = train_triples()
-    order = [triples[i] for i in np.random.default_rng(EVAL_SEED).permutation(len(triples))]
-    return [caption_for(*order[i % len(order)]) for i in range(count)]
+    return _cycled_captions(train_triples(), count)
 
 
 PROMPT_SPLITS = {"heldout": heldout_prompts, "train": training_prompts}

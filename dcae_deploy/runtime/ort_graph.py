@@ -32,60 +32,15 @@ from pathlib import Path
 import numpy as np
 
 
-def rewrite_expand_to_resize(model) -> int:
-    """Replace, in ``model`` (an ``onnx.ModelProto``), every ``Unsqueeze -> Expand -> Reshape`` (nearest 2x
-    upsampling and channel ``repeat_interleave``, written that way for TensorRT's sake) by one
-    ``Resize(nearest, asymmetric, floor)``; returns how many were replaced. Same values bit for bit."""
-    from onnx import helper, numpy_helper
-
-    g = model.graph
-    tensors = {i.name: i for i in g.initializer}  # converted on demand: only small shape/axes tensors are read
-    for n in g.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t"):
-            tensors[n.output[0]] = n.attribute[0].t
-
-    def value(name: str):
-        return numpy_helper.to_array(tensors[name]) if name in tensors else ()
-
-    producer = {o: n for n in g.node for o in n.output}
-    uses = collections.Counter(i for n in g.node for i in n.input)
-    drop, add = set(), {}
-    for reshape in g.node:
-        if reshape.op_type != "Reshape" or reshape.input[0] not in producer:
-            continue
-        expand = producer[reshape.input[0]]
-        if expand.op_type != "Expand" or uses[expand.output[0]] != 1 or expand.input[0] not in producer:
-            continue
-        unsq = producer[expand.input[0]]
-        if unsq.op_type != "Unsqueeze" or uses[unsq.output[0]] != 1 or unsq.input[1] not in tensors:
-            continue
-        axes = [int(a) for a in np.atleast_1d(value(unsq.input[1]))]
-        shape = [int(a) for a in value(expand.input[1])]
-        if axes == [3, 5] and len(shape) == 6 and shape[3] == shape[5] and shape[:3] == [1, 1, 1] and shape[4] == 1:
-            scales = [1.0, 1.0, float(shape[3]), float(shape[5])]
-        elif axes == [2] and len(shape) == 5 and shape[:2] == [1, 1] and shape[3:] == [1, 1]:
-            scales = [1.0, float(shape[2]), 1.0, 1.0]
-        else:
-            continue
-        name = f"{reshape.name or reshape.output[0]}_resize"
-        scale_name = name + "_scales"
-        g.initializer.append(numpy_helper.from_array(np.array(scales, np.float32), scale_name))
-        add[id(reshape)] = helper.make_node(
-            "Resize", [unsq.input[0], "", scale_name], [reshape.output[0]], name=name, mode="nearest",
-            coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-        drop.update({id(unsq), id(expand)})
-    nodes = [add.get(id(n), n) for n in g.node if id(n) not in drop]
-    del g.node[:]
-    g.node.extend(nodes)
-    return len(add)
-
-
 class _Graph:
     """Lookups over an ``onnx.GraphProto`` for pattern rewrites; nodes are swapped in one pass by :meth:`commit`."""
 
     def __init__(self, model) -> None:
         self.graph = model.graph
-        self.initializers = {i.name: i for i in self.graph.initializer}
+        self.initializers = {i.name: i for i in self.graph.initializer}  # and Constant nodes; converted on demand
+        for n in self.graph.node:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t"):
+                self.initializers[n.output[0]] = n.attribute[0].t
         self.producer = {o: n for n in self.graph.node for o in n.output}
         self.consumers: dict[str, list] = collections.defaultdict(list)
         for n in self.graph.node:
@@ -98,6 +53,12 @@ class _Graph:
         from onnx import numpy_helper
 
         return numpy_helper.to_array(self.initializers[name]) if name in self.initializers else None
+
+    @staticmethod
+    def attributes(node) -> dict:
+        from onnx import helper
+
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
     def sole_consumer(self, tensor: str, op_type: str):
         """The only node reading ``tensor`` if it is an ``op_type``, else None."""
@@ -123,6 +84,38 @@ class _Graph:
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         return len(self._replace)
+
+
+def rewrite_expand_to_resize(model) -> int:
+    """Replace, in ``model`` (an ``onnx.ModelProto``), every ``Unsqueeze -> Expand -> Reshape`` (nearest 2x
+    upsampling and channel ``repeat_interleave``, written that way for TensorRT's sake) by one
+    ``Resize(nearest, asymmetric, floor)``; returns how many were replaced. Same values bit for bit."""
+    from onnx import helper
+
+    g = _Graph(model)
+    for reshape in g.graph.node:
+        expand = g.producer.get(reshape.input[0]) if reshape.op_type == "Reshape" else None
+        if expand is None or expand.op_type != "Expand" or len(g.consumers[expand.output[0]]) != 1:
+            continue
+        unsq = g.producer.get(expand.input[0])
+        if unsq is None or unsq.op_type != "Unsqueeze" or len(g.consumers[unsq.output[0]]) != 1:
+            continue
+        axes, shape = g.constant(unsq.input[1]), g.constant(expand.input[1])
+        if axes is None or shape is None:
+            continue
+        axes, shape = [int(a) for a in np.atleast_1d(axes)], [int(a) for a in shape]
+        if axes == [3, 5] and len(shape) == 6 and shape[3] == shape[5] and shape[:3] == [1, 1, 1] and shape[4] == 1:
+            scales = [1.0, 1.0, float(shape[3]), float(shape[5])]
+        elif axes == [2] and len(shape) == 5 and shape[:2] == [1, 1] and shape[3:] == [1, 1]:
+            scales = [1.0, float(shape[2]), 1.0, 1.0]
+        else:
+            continue
+        name = f"{reshape.name or reshape.output[0]}_resize"
+        scale_name = g.add_constant(name + "_scales", np.array(scales, np.float32))
+        g.replace(reshape, [helper.make_node(
+            "Resize", [unsq.input[0], "", scale_name], [reshape.output[0]], name=name, mode="nearest",
+            coordinate_transformation_mode="asymmetric", nearest_mode="floor")], drop=(unsq, expand))
+    return g.commit()
 
 
 def _float32(*arrays) -> bool:
@@ -194,7 +187,7 @@ def rewrite_glu_split(model) -> int:
             continue
         dw_w = g.constant(depthwise.input[1])
         dw_b = g.constant(depthwise.input[2]) if len(depthwise.input) > 2 else None
-        dw_attrs = {a.name: helper.get_attribute_value(a) for a in depthwise.attribute}
+        dw_attrs = g.attributes(depthwise)
         if dw_w is None or dw_b is None or dw_attrs.get("group") != dw_w.shape[0] or dw_w.shape[0] % 2:
             continue
         silu = g.producer.get(depthwise.input[0])
@@ -209,7 +202,7 @@ def rewrite_glu_split(model) -> int:
         inv_b = g.constant(inverted.input[2]) if len(inverted.input) > 2 else None
         if inv_w is None or inv_b is None or g.claimed(inverted, sigmoid, silu, depthwise, split):
             continue
-        inv_attrs = {a.name: helper.get_attribute_value(a) for a in inverted.attribute}
+        inv_attrs = g.attributes(inverted)
         half = dw_w.shape[0] // 2
         nodes = []
         for out, part in zip(split.output, (slice(0, half), slice(half, 2 * half))):
@@ -280,7 +273,7 @@ def rewrite_upsample_conv(model) -> int:
     for resize in g.graph.node:
         if resize.op_type != "Resize" or len(resize.input) < 3:
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in resize.attribute}
+        attrs = g.attributes(resize)
         scales = g.constant(resize.input[2])
         if scales is None or scales.tolist() != [1.0, 1.0, 2.0, 2.0] or attrs.get("mode") != b"nearest" or (
             attrs.get("coordinate_transformation_mode") != b"asymmetric" or attrs.get("nearest_mode") != b"floor"
@@ -289,7 +282,7 @@ def rewrite_upsample_conv(model) -> int:
         conv = g.sole_consumer(resize.output[0], "Conv")
         weight = g.constant(conv.input[1]) if conv is not None else None
         bias = g.constant(conv.input[2]) if conv is not None and len(conv.input) > 2 and conv.input[2] else None
-        conv_attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute} if conv is not None else {}
+        conv_attrs = g.attributes(conv) if conv is not None else {}
         if not _float32(weight) or weight.shape[2:] != (3, 3) or conv_attrs.get("pads") != [1, 1, 1, 1] or (
             conv_attrs.get("group", 1) != 1 or set(conv_attrs.get("strides", [1, 1])) != {1}
             or set(conv_attrs.get("dilations", [1, 1])) != {1} or conv_attrs.get("auto_pad", b"NOTSET") != b"NOTSET"
