@@ -89,6 +89,7 @@ def torch_generator(models, steps: int, guidance: float, height: int, width: int
     """``generate(prompts, seed)`` on the PyTorch parts of a pipeline (fp32, CPU)."""
     import torch
 
+    from dcae_deploy.runtime.pipeline import initial_noise
     from dcae_deploy.sampling import cfg_batch, cfg_combine, dpm_flow_schedule, sample_flow
 
     cfg = models.config
@@ -102,7 +103,7 @@ def torch_generator(models, steps: int, guidance: float, height: int, width: int
         ids, mask = models.tokenizer([""] * n + list(prompts))
         ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
         states = models.text_encoder(ids, mask)
-        noise = np.random.default_rng(seed).standard_normal((n, channels, height // f, width // f)).astype(np.float32)
+        noise = initial_noise(seed, n, (channels, height // f, width // f))  # the runtime's noise, image by image
 
         def velocity(x, t):
             xb = cfg_batch(x)

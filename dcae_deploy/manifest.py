@@ -27,6 +27,10 @@ from typing import Any
 from dcae_deploy.checkpoints import read_json, write_json
 from dcae_deploy.errors import DcaeDeployError
 
+#: Optional decoder components for exact tiled decoding: the global stages on the whole latent, then the
+#: local high-resolution stages tile by tile.
+SPLIT_DECODER = ("decoder_global", "decoder_local")
+
 MANIFEST_FILE = "manifest.json"
 FORMAT_TAG = "dcae_deploy.manifest"
 FORMAT_VERSION = 1

@@ -1,6 +1,6 @@
 """Reproduce the shipped demo model (dcae_deploy/demo/) from scratch with the project's own trainer.
 
-    python scripts/train_demo.py --work runs/demo            # the full recipe (2-core CPU: about 75 min)
+    python scripts/train_demo.py --work runs/demo            # the full recipe (2-core CPU: about 2.4 h)
     python scripts/train_demo.py --work runs/smoke --scale 0.01 --no-install   # a quick smoke run
 
 Steps (each one is a plain ``python -m dcae_deploy.train`` call, printed before it runs):
@@ -9,9 +9,10 @@ Steps (each one is a plain ``python -m dcae_deploy.train`` call, printed before 
     high_res_latent_adaptation at 256 px (middle layers only),
     low_res_local_refinement at 128 px (decoder head only, PatchGAN loss).
  2. The latent scaling factor: 1 / RMS of the latents of 1024 training images, written into the config.
- 3. Latent cache of the training images, then joint flow-matching training of ``demo-denoiser`` and the
-    ``demo-text`` text encoder (caption dropout 10% for classifier-free guidance): 1800 steps at a constant
-    learning rate, then 6000 with cosine decay.
+ 3. Latent caches of training images, then joint flow-matching training of ``demo-denoiser`` and the
+    ``demo-text`` text encoder (caption dropout 10% for classifier-free guidance), four runs (DENOISER_RUNS):
+    1800 steps at a constant learning rate and 6000 with cosine decay at shift 3 on 6000 images; 3000 at
+    shift 1; 20000 at shift 1, batch 64, on 24000 further images.
  4. A pipeline folder (``pipeline.json``, vae/, transformer/, text_encoder/, tokenizer/) with fp16 weights,
     evaluated (reconstruction PSNR, prompt adherence) and, unless ``--no-install``, copied to dcae_deploy/demo/.
 """
@@ -42,11 +43,32 @@ AE_RUNS = (  # (run folder, phase, resolution, steps, batch, lr, extra args); ea
      ["--weight-decay", "0", "--num-images", "2000"]),
     ("low_res_local_refinement", "low_res_local_refinement", 128, 40, 8, 2e-5, ["--num-images", "4000"]),
 )
-DENOISER_RUNS = (  # (run folder, steps, extra args); the second starts from the first and reuses its latents
-    ("denoiser", 1800, ["--warmup-steps", "200"]),
-    ("denoiser_decay", 6000, ["--warmup-steps", "100", "--lr-schedule", "cosine", "--seed", "1"]),
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiserRun:
+    """One flow-matching run of the denoiser + text encoder; each starts from the previous run's EMA weights."""
+
+    folder: str
+    steps: int
+    lr: float
+    shift: float  # resolution shift of the logit-normal training sigmas
+    schedule: str = "constant"
+    warmup: int = 100
+    batch: int = 32
+    images: int = 6000  # size of the latent cache, encoded from shapes images drawn with ``seed``
+    seed: int = 0
+    latents_of: str | None = None  # train on this earlier run's latent cache instead of caching one
+
+
+DENOISER_RUNS = (
+    DenoiserRun("denoiser", 1800, 5e-4, shift=3.0, warmup=200),
+    DenoiserRun("denoiser_decay", 6000, 5e-4, shift=3.0, schedule="cosine", seed=1, latents_of="denoiser"),
+    # shift 1 puts more training on the middle and low noise levels, where a 4x4 latent's shape is decided
+    DenoiserRun("denoiser_shift1", 3000, 2e-4, shift=1.0, schedule="cosine", seed=2, latents_of="denoiser"),
+    DenoiserRun("denoiser_long", 20000, 3e-4, shift=1.0, schedule="cosine", warmup=200, batch=64, images=24000,
+                seed=3),
 )
-DENOISER = dict(batch=32, lr=5e-4, images=6000)
 
 
 def run(argv: list[str]) -> None:
@@ -91,21 +113,22 @@ def calibrate_scaling(ae_folder: Path, out: Path, images: int = 1024) -> float:
 
 
 def train_denoiser(work: Path, ae: Path, scale: float) -> Path:
-    d, init = DENOISER, []
-    latents = work / DENOISER_RUNS[0][0] / "latents"
-    for folder, steps, extra in DENOISER_RUNS:
-        out = work / folder
+    init: list[str] = []
+    for r in DENOISER_RUNS:
+        out = work / r.folder
         if not (out / "final" / "ema").is_dir():
             resume = ["--resume", str(out)] if (out / "checkpoints").is_dir() else []
+            latents = work / (r.latents_of or r.folder) / "latents"
             cached = ["--latents", str(latents)] if latents.is_dir() else []
             run(["denoiser", *resume, *cached, "--variant", "demo-denoiser", "--text-encoder", "demo-text",
                  "--autoencoder", str(ae), "--data", "shapes",
-                 "--num-images", str(max(64, int(d["images"] * min(1.0, scale * 10)))),
-                 "--resolution", "128", "--out", str(out), "--steps", str(scaled(steps, scale)),
-                 "--batch-size", str(d["batch"]), "--lr", str(d["lr"]), "--weight-decay", "0",
-                 "--log-every", "50", "--checkpoint-every", "1000", *extra, *init])
+                 "--num-images", str(max(64, int(r.images * min(1.0, scale * 10)))),
+                 "--resolution", "128", "--out", str(out), "--steps", str(scaled(r.steps, scale)),
+                 "--batch-size", str(r.batch), "--lr", str(r.lr), "--weight-decay", "0", "--shift", str(r.shift),
+                 "--warmup-steps", str(scaled(r.warmup, scale)), "--lr-schedule", r.schedule, "--seed", str(r.seed),
+                 "--log-every", "50", "--checkpoint-every", "1000", *init])
         init = ["--init", str(out / "final" / "ema")]
-    return work / DENOISER_RUNS[-1][0] / "final" / "ema"
+    return work / DENOISER_RUNS[-1].folder / "final" / "ema"
 
 
 def assemble(ae: Path, denoiser: Path, out: Path) -> Path:

@@ -39,7 +39,7 @@ from dcae_deploy.export.specs import (
     denoiser_spec,
     text_encoder_spec,
 )
-from dcae_deploy.manifest import Component, Manifest, ShapeProfile, TensorInfo, sha256_file, write_manifest
+from dcae_deploy.manifest import SPLIT_DECODER, Component, Manifest, ShapeProfile, TensorInfo, sha256_file, write_manifest
 from dcae_deploy.variants import get_variant
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -49,7 +49,7 @@ PARITY_FILE = "parity.json"
 TOKENIZER_DIR = "tokenizer"
 # pipeline part -> the components that need it
 PIPELINE_PARTS = {
-    "autoencoder": ("encoder", "decoder", "decoder_global", "decoder_local"),
+    "autoencoder": ("encoder", "decoder", *SPLIT_DECODER),
     "denoiser": ("denoiser",),
     "text_encoder": ("text_encoder",),
 }
@@ -255,7 +255,7 @@ def _find_tokenizer(folder: Path, config):
 def _component_spec(name: str, parts: ExportParts, config, res: Resolution, ratio: int) -> ComponentSpec:
     if name in ("encoder", "decoder"):
         return autoencoder_spec(name, parts.autoencoder.config, res)
-    if name in ("decoder_global", "decoder_local"):
+    if name in SPLIT_DECODER:
         return decoder_split_spec(name, parts.autoencoder.config, parts.autoencoder.decoder, res)
     if name == "denoiser":
         te = parts.text_encoder
@@ -375,7 +375,7 @@ def describe_pipeline(
     res = _resolution(config, min_res, opt_res, max_res, max_batch)
     res.validate(ratio)
     parts = ExportParts(models.autoencoder, models.denoiser, models.text_encoder, models.tokenizer, config)
-    names = component_names(config.kind, config.name, None) + ["decoder_global", "decoder_local"]
+    names = component_names(config.kind, config.name, None) + list(SPLIT_DECODER)
     components = {n: _component_record(_component_spec(n, parts, config, res, ratio), "fp32", "", {}) for n in names}
     ae = models.autoencoder.config
     return Manifest(

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.manifest import SPLIT_DECODER
 
 SANA_CAPTION_TOKENS = 300  # caption length of a bare SANA denoiser export (SanaPipeline's max_sequence_length)
 SANA_LATENT_RATIO = 32  # image pixels per latent pixel for a bare denoiser export (DC-AE f32)
@@ -276,7 +277,7 @@ def decoder_split_spec(name: str, ae_config, decoder: nn.Module, res: Resolution
         {"batch": b, **p, "feature_height": p["height"] // r, "feature_width": p["width"] // r}
         for (b, _, _), p in zip(res.parity_shapes(), _spatial_points(res, f))
     )
-    if name == "decoder_global":
+    if name == SPLIT_DECODER[0]:
         return ComponentSpec(name, (latent,), (features,), dims, points,
                              lambda parts: _Method(parts.autoencoder.decoder, "decode_global"))
     return ComponentSpec(name, (features,), (image,), dims, points,
@@ -327,11 +328,11 @@ def text_encoder_spec(te_config, res: Resolution, input_tokens: tuple[int, int],
 
 # The components each model kind can export, in export order; the second set is the default.
 COMPONENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "autoencoder": (("encoder", "decoder", "decoder_global", "decoder_local"), ("encoder", "decoder")),
+    "autoencoder": (("encoder", "decoder", *SPLIT_DECODER), ("encoder", "decoder")),
     "denoiser": (("denoiser",), ("denoiser",)),
     "text_encoder": (("text_encoder",), ("text_encoder",)),
     "pipeline": (
-        ("text_encoder", "denoiser", "decoder", "encoder", "decoder_global", "decoder_local"),
+        ("text_encoder", "denoiser", "decoder", "encoder", *SPLIT_DECODER),
         ("text_encoder", "denoiser", "decoder"),
     ),
 }

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.manifest import SPLIT_DECODER
 from dcae_deploy.runtime.artifacts import Artifacts, load_artifacts
 
 DEMO_VARIANT = "demo"
@@ -23,7 +24,7 @@ CACHE_ENV = "DCAE_DEPLOY_CACHE"
 # The demo export's profile: 128px is the demo's training size; 256px and batch 2 leave room. The split
 # decoder makes --tile-size decoding exact.
 DEMO_EXPORT = dict(precision="fp32", min_res=128, opt_res=128, max_res=256, max_batch=2,
-                   components=["text_encoder", "denoiser", "decoder", "decoder_global", "decoder_local"])
+                   components=["text_encoder", "denoiser", "decoder", *SPLIT_DECODER])
 
 
 def demo_folder() -> Path:

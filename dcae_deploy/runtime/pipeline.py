@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.manifest import SPLIT_DECODER
 from dcae_deploy.runtime.artifacts import Artifacts, load_artifacts
 from dcae_deploy.runtime.backends import Backend, BackendOptions, open_backend
 from dcae_deploy.runtime.errors import NonFiniteError
@@ -38,7 +39,11 @@ from dcae_deploy.runtime.schedulers import SamplerConfig, sample
 from dcae_deploy.runtime.tiling import TileConfig, decode_tiled
 
 STAGES = ("text_encoder", "denoiser", "decoder")
-SPLIT_DECODER = ("decoder_global", "decoder_local")  # optional export components for exact tiled decoding
+
+
+def initial_noise(seed: int, count: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """(count, *shape) float32 starting latents: image ``i`` from ``default_rng(seed + i)`` (the seeding rule above)."""
+    return np.stack([np.random.default_rng(seed + i).standard_normal(shape, dtype=np.float32) for i in range(count)])
 
 
 @dataclass(frozen=True)
@@ -223,10 +228,7 @@ class TextToImage:
             self._release("text_encoder")
 
         h, w = config.height // ratio, config.width // ratio
-        noise = np.stack([
-            np.random.default_rng(config.seed + i).standard_normal((pipe.autoencoder.latent_channels, h, w), dtype=np.float32)
-            for i in range(n)
-        ])
+        noise = initial_noise(config.seed, n, (pipe.autoencoder.latent_channels, h, w))
         per_call = max(1, self.artifacts.max_batch("denoiser") // (2 if guided else 1))
         bar = ProgressBar(config.steps * -(-n // per_call), "denoise", enabled=self.progress)
         latents, first_steps = [], []
@@ -281,10 +283,11 @@ class TextToImage:
         if side is None:
             image = self._run("decoder", unscaled)
         elif self._has_split_decoder(h, w):
-            features = self._run("decoder_global", unscaled)
-            self._release("decoder_global")
-            image = self._tiled("decoder_local", features, h // features.shape[2], side, config)
-            self._release("decoder_local")
+            global_part, local_part = SPLIT_DECODER
+            features = self._run(global_part, unscaled)
+            self._release(global_part)
+            image = self._tiled(local_part, features, h // features.shape[2], side, config)
+            self._release(local_part)
         else:
             image = self._tiled("decoder", unscaled, ratio, side, config)
         self._check("decoder", image)
@@ -308,7 +311,7 @@ class TextToImage:
         """The backend runs both split-decoder graphs and ``decoder_global`` admits the whole latent."""
         if not all(self.backend.has(c) for c in SPLIT_DECODER):
             return False
-        profile = self.artifacts.component("decoder_global").profiles["latent"]
+        profile = self.artifacts.component(SPLIT_DECODER[0]).profiles["latent"]
         ratio = self.artifacts.pipeline.autoencoder.spatial_compression_ratio
         return all(lo <= s // ratio <= hi for s, lo, hi in zip((height, width), profile.min[2:], profile.max[2:]))
 

@@ -10,7 +10,8 @@ from typing import IO
 
 
 class ProgressBar:
-    """``[denoise]  7/20 |#######.............| 0.41 s/it``, redrawn in place on a terminal."""
+    """``[denoise]  7/20 |#######.............| 0.41 s/it``, redrawn in place on a terminal; written as a new
+    line at every tenth of the work otherwise (a log file)."""
 
     def __init__(self, total: int, label: str, enabled: bool = True, stream: IO[str] | None = None, width: int = 24):
         self.total, self.label, self.enabled, self.width = total, label, enabled, width
@@ -28,7 +29,7 @@ class ProgressBar:
         end = "\n" if self.done >= self.total else ""
         if self.stream.isatty():
             self.stream.write("\r" + line + end)
-        elif self.done >= self.total:
+        elif self.done >= self.total or 10 * self.done // max(self.total, 1) > 10 * (self.done - n) // max(self.total, 1):
             self.stream.write(line + "\n")
         self.stream.flush()
 

@@ -186,13 +186,18 @@ class LatentDataset:
 
 
 @torch.no_grad()
-def cache_latents(autoencoder, dataset, *, batch_size: int = 16, device: str | torch.device = "cpu") -> LatentDataset:
+def cache_latents(autoencoder, dataset, *, batch_size: int = 16, device: str | torch.device = "cpu",
+                  progress: bool = True) -> LatentDataset:
     """Encode every image of ``dataset`` once (scaled latents, what the denoiser consumes)."""
+    from dcae_deploy.runtime.progress import ProgressBar
+
     autoencoder = autoencoder.to(device).eval()
     latents, captions = [], []
+    bar = ProgressBar(len(dataset), "cache latents", enabled=progress)
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         images = torch.stack([it["image"] for it in items]).to(device)
         latents.append(autoencoder.encode(images, scaled=True).float().cpu())
         captions += [it["caption"] for it in items]
+        bar.update(len(items))
     return LatentDataset(torch.cat(latents), captions)
