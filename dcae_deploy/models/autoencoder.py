@@ -65,8 +65,10 @@ def average_channel_groups(x: torch.Tensor, out_channels: int) -> torch.Tensor:
 
 
 def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour 2x upsampling as expand + reshape: no Resize op (TensorRT has no bf16 Resize)."""
-    return x[:, :, :, None, :, None].expand(-1, -1, -1, 2, -1, 2).flatten(4, 5).flatten(2, 3)
+    """Nearest-neighbour 2x upsampling as expand + reshape: no Resize op (TensorRT has no bf16 Resize). One
+    reshape straight to (B, C, 2H, 2W), so the ONNX graph's Expand -> Reshape is the whole upsampling."""
+    b, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(-1, -1, -1, 2, -1, 2).reshape(b, c, 2 * h, 2 * w)
 
 
 def duplicate_channels(x: torch.Tensor, repeats: int) -> torch.Tensor:

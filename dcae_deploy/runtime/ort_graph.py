@@ -89,7 +89,9 @@ class _Graph:
 def rewrite_expand_to_resize(model) -> int:
     """Replace, in ``model`` (an ``onnx.ModelProto``), every ``Unsqueeze -> Expand -> Reshape`` (nearest 2x
     upsampling and channel ``repeat_interleave``, written that way for TensorRT's sake) by one
-    ``Resize(nearest, asymmetric, floor)``; returns how many were replaced. Same values bit for bit."""
+    ``Resize(nearest, asymmetric, floor)``; returns how many were replaced. Same values bit for bit. Only a
+    Reshape straight to 4-D matches (the model's ``upsample_nearest_2x`` / ``duplicate_channels``); a chain of
+    partial flattens is left alone."""
     from onnx import helper
 
     g = _Graph(model)
@@ -101,7 +103,7 @@ def rewrite_expand_to_resize(model) -> int:
         if unsq is None or unsq.op_type != "Unsqueeze" or len(g.consumers[unsq.output[0]]) != 1:
             continue
         axes, shape = g.constant(unsq.input[1]), g.constant(expand.input[1])
-        if axes is None or shape is None:
+        if axes is None or shape is None or _target_rank(g, reshape.input[1]) != 4:
             continue
         axes, shape = [int(a) for a in np.atleast_1d(axes)], [int(a) for a in shape]
         if axes == [3, 5] and len(shape) == 6 and shape[3] == shape[5] and shape[:3] == [1, 1, 1] and shape[4] == 1:
@@ -116,6 +118,16 @@ def rewrite_expand_to_resize(model) -> int:
             "Resize", [unsq.input[0], "", scale_name], [reshape.output[0]], name=name, mode="nearest",
             coordinate_transformation_mode="asymmetric", nearest_mode="floor")], drop=(unsq, expand))
     return g.commit()
+
+
+def _target_rank(g: "_Graph", shape: str) -> int | None:
+    """Length of a Reshape's target shape: a constant's size, or the input count of the Concat that builds it
+    (how dynamic exports spell ``reshape(b, c, 2 * h, 2 * w)``); None when neither."""
+    value = g.constant(shape)
+    if value is not None:
+        return int(value.size)
+    concat = g.producer.get(shape)
+    return len(concat.input) if concat is not None and concat.op_type == "Concat" else None
 
 
 def _float32(*arrays) -> bool:
