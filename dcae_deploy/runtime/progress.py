@@ -10,14 +10,16 @@ from typing import IO
 
 
 class ProgressBar:
-    """``[denoise]  7/20 |#######.............| 0.41 s/it``, redrawn in place on a terminal; written as a new
-    line at every tenth of the work otherwise (a log file)."""
+    """``[denoise]  7/20 |#######.............| 0.41 s/it``, redrawn in place on a terminal. Otherwise (a log file)
+    the last line, and a line at each tenth of the work once ``LOG_INTERVAL_S`` passed since the one before."""
+
+    LOG_INTERVAL_S = 5.0
 
     def __init__(self, total: int, label: str, enabled: bool = True, stream: IO[str] | None = None, width: int = 24):
         self.total, self.label, self.enabled, self.width = total, label, enabled, width
         self.stream = stream or sys.stderr
         self.done = 0
-        self._start = time.perf_counter()
+        self._start = self._logged = time.perf_counter()
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -29,9 +31,14 @@ class ProgressBar:
         end = "\n" if self.done >= self.total else ""
         if self.stream.isatty():
             self.stream.write("\r" + line + end)
-        elif self.done >= self.total or 10 * self.done // max(self.total, 1) > 10 * (self.done - n) // max(self.total, 1):
+        elif self.done >= self.total or (self._tenths(self.done) > self._tenths(self.done - n)
+                                         and time.perf_counter() - self._logged >= self.LOG_INTERVAL_S):
             self.stream.write(line + "\n")
+            self._logged = time.perf_counter()
         self.stream.flush()
+
+    def _tenths(self, done: int) -> int:
+        return 10 * done // max(self.total, 1)
 
 
 class Timings:
