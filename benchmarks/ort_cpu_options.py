@@ -41,6 +41,10 @@ from pathlib import Path
 import numpy as np
 
 
+# configs run on a rewritten copy of the graph -> which of ort_graph.CPU_REWRITES (they apply in order) it gets
+REWRITTEN_CONFIGS = {"all+resize": slice(0, 1), "all+rewrites": slice(None)}
+
+
 def session(graph: Path, config: str, threads: int, workdir: Path, profile: bool = False):
     import onnxruntime as ort
 
@@ -64,25 +68,14 @@ def session(graph: Path, config: str, threads: int, workdir: Path, profile: bool
             else:
                 o = session_options_off(threads)
             graph = optimized
-    if config == "all+rewrites":
-        from dcae_deploy.runtime.ort_graph import load_rewritten
+    if config in REWRITTEN_CONFIGS:
+        from dcae_deploy.runtime.ort_graph import CPU_REWRITES, load_rewritten
 
-        rewritten = workdir / f"{graph.stem}.rewrites.onnx"
+        rewritten = workdir / f"{graph.stem}.{config}.onnx"
         if not rewritten.is_file():
-            data, counts = load_rewritten(graph) or (graph.read_bytes(), {})
+            data, counts = load_rewritten(graph, CPU_REWRITES[REWRITTEN_CONFIGS[config]]) or (graph.read_bytes(), {})
             print(f"  (rewrites: {', '.join(f'{v} {k}' for k, v in counts.items())})")
             rewritten.write_bytes(data)
-        graph = rewritten
-    if config == "all+resize":
-        rewritten = workdir / f"{graph.stem}.resize.onnx"
-        if not rewritten.is_file():
-            import onnx
-
-            from dcae_deploy.runtime.ort_graph import rewrite_expand_to_resize
-
-            model = onnx.load(str(graph))
-            print(f"  (rewrote {rewrite_expand_to_resize(model)} Unsqueeze-Expand-Reshape chains to Resize)")
-            onnx.save(model, str(rewritten))
         graph = rewritten
     if profile:
         o.enable_profiling = True

@@ -804,4 +804,3 @@ register(
         description="SANA 1.6B text-to-image (Sana_1600M_1024px): DC-AE f32c32-sana + SANA-1600M + Gemma-2-2B-IT",
     )
 )
-

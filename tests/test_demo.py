@@ -50,7 +50,6 @@ def test_demo_prompt_adherence_through_onnxruntime(demo_export):
     assert result["shape_accuracy"] >= 0.5, result  # measured 10 of 16 (62%); 79% on 100 (python -m dcae_deploy.evaluate)
 
 
-
 def test_evaluate_draws_the_same_images_with_pytorch_and_onnxruntime(demo_export):
     """`python -m dcae_deploy.evaluate` on the checkpoint (PyTorch) and on the export (ONNX Runtime) start from the
     same noise, so the two measure the same images."""
@@ -65,6 +64,7 @@ def test_evaluate_draws_the_same_images_with_pytorch_and_onnxruntime(demo_export
         exported = pipe.generate(GenerationConfig(prompts=tuple(prompts), seed=7)).images
     diff = np.abs(np.stack(eager).astype(int) - exported.astype(int))
     assert diff.max() <= 2, diff.max()  # measured 1 (another seed: mean 12, max 207)
+
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):

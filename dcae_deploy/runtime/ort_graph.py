@@ -65,6 +65,11 @@ class _Graph:
         users = self.consumers[tensor]
         return users[0] if len(users) == 1 and users[0].op_type == op_type else None
 
+    def sole_producer(self, tensor: str, op_type: str):
+        """The node writing ``tensor`` if it is an ``op_type`` and nothing else reads ``tensor``, else None."""
+        node = self.producer.get(tensor)
+        return node if node is not None and node.op_type == op_type and len(self.consumers[tensor]) == 1 else None
+
     def add_constant(self, name: str, value: np.ndarray) -> str:
         from onnx import numpy_helper
 
@@ -96,11 +101,9 @@ def rewrite_expand_to_resize(model) -> int:
 
     g = _Graph(model)
     for reshape in g.graph.node:
-        expand = g.producer.get(reshape.input[0]) if reshape.op_type == "Reshape" else None
-        if expand is None or expand.op_type != "Expand" or len(g.consumers[expand.output[0]]) != 1:
-            continue
-        unsq = g.producer.get(expand.input[0])
-        if unsq is None or unsq.op_type != "Unsqueeze" or len(g.consumers[unsq.output[0]]) != 1:
+        expand = g.sole_producer(reshape.input[0], "Expand") if reshape.op_type == "Reshape" else None
+        unsq = g.sole_producer(expand.input[0], "Unsqueeze") if expand is not None else None
+        if unsq is None:
             continue
         axes, shape = g.constant(unsq.input[1]), g.constant(expand.input[1])
         if axes is None or shape is None or _target_rank(g, reshape.input[1]) != 4:
@@ -192,18 +195,16 @@ def rewrite_glu_split(model) -> int:
     for split in g.graph.node:
         if split.op_type != "Split" or len(split.output) != 2 or (len(split.input) > 1 and split.input[1]):
             continue
-        if [a.i for a in split.attribute if a.name == "axis"] != [1]:
-            continue
-        depthwise = g.producer.get(split.input[0])
-        if depthwise is None or depthwise.op_type != "Conv" or len(g.consumers[depthwise.output[0]]) != 1:
+        depthwise = g.sole_producer(split.input[0], "Conv") if g.attributes(split).get("axis") == 1 else None
+        if depthwise is None:
             continue
         dw_w = g.constant(depthwise.input[1])
         dw_b = g.constant(depthwise.input[2]) if len(depthwise.input) > 2 else None
         dw_attrs = g.attributes(depthwise)
         if dw_w is None or dw_b is None or dw_attrs.get("group") != dw_w.shape[0] or dw_w.shape[0] % 2:
             continue
-        silu = g.producer.get(depthwise.input[0])
-        if silu is None or silu.op_type != "Mul" or len(g.consumers[silu.output[0]]) != 1:
+        silu = g.sole_producer(depthwise.input[0], "Mul")
+        if silu is None:
             continue
         inverted, sigmoid = (g.producer.get(i) for i in silu.input)
         if inverted is None or sigmoid is None or inverted.op_type != "Conv" or sigmoid.op_type != "Sigmoid":
@@ -323,9 +324,10 @@ CPU_REWRITES = (  # (what the report calls it, the rewrite); applied in this ord
 )
 
 
-def load_rewritten(graph: Path) -> tuple[bytes, dict[str, int]] | None:
-    """``graph`` with the :data:`CPU_REWRITES` applied, serialised for ``InferenceSession``, and how many of each
-    were made; None when nothing changes, the ``onnx`` package is missing, or weights are external (> 2 GB)."""
+def load_rewritten(graph: Path, rewrites: tuple = CPU_REWRITES) -> tuple[bytes, dict[str, int]] | None:
+    """``graph`` with ``rewrites`` (default: all :data:`CPU_REWRITES`) applied, serialised for ``InferenceSession``,
+    and how many of each were made; None when nothing changes, the ``onnx`` package is missing, or weights are
+    external (> 2 GB)."""
     try:
         import onnx
     except ImportError:
@@ -333,5 +335,5 @@ def load_rewritten(graph: Path) -> tuple[bytes, dict[str, int]] | None:
     model = onnx.load(str(graph), load_external_data=False)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         return None
-    counts = {label: rewrite(model) for label, rewrite in CPU_REWRITES}
+    counts = {label: rewrite(model) for label, rewrite in rewrites}
     return (model.SerializeToString(), counts) if any(counts.values()) else None

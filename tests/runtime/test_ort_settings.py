@@ -22,13 +22,14 @@ def _decode(artifacts, settings: OrtSettings, latent: np.ndarray) -> tuple[np.nd
         runner.close()
 
 
-def _session_output(model, latent: np.ndarray) -> np.ndarray:
+def _session_output(model, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The first output of ``model`` (an ``onnx.ModelProto``) on the CPU EP, one thread."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(["image"], {"latent": latent})[0]
+    return session.run(None, feeds)[0]
 
 
 def test_rewrites_compute_the_same_decoder_and_are_used(artifacts):
@@ -50,9 +51,9 @@ def test_resize_rewrite_alone_is_bit_identical(artifacts):
 
     latent = np.random.default_rng(1).standard_normal((1, 32, 3, 2), dtype=np.float32) * 5
     model = onnx.load(str(artifacts.graph_path("decoder")))
-    plain = _session_output(model, latent)
+    plain = _session_output(model, {"latent": latent})
     assert rewrite_expand_to_resize(model) > 0
-    np.testing.assert_array_equal(_session_output(model, latent), plain)
+    np.testing.assert_array_equal(_session_output(model, {"latent": latent}), plain)
 
 
 def test_settings_are_applied_and_reported(artifacts):
@@ -79,16 +80,10 @@ def test_upsample_conv_as_phase_convs_is_the_same_function():
         [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
          numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
-    x = rng.standard_normal((2, 16, 5, 7), dtype=np.float32)
-
-    def run(m):
-        import onnxruntime as ort
-
-        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-    plain = run(model)
+    feeds = {"x": rng.standard_normal((2, 16, 5, 7), dtype=np.float32)}
+    plain = _session_output(model, feeds)
     assert rewrite_upsample_conv(model) == 1
     assert [n.op_type for n in model.graph.node] == ["Conv"] * 4 + ["Concat", "DepthToSpace"]
-    rewritten = run(model)
+    rewritten = _session_output(model, feeds)
     assert rewritten.shape == plain.shape == (2, 32, 10, 14)
     np.testing.assert_allclose(rewritten, plain, rtol=1e-5, atol=1e-5)
