@@ -104,29 +104,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class ModelInfo:
-    """What the benchmark needs to know of a variant without building it."""
+    """What the benchmark needs to know of a variant without building it (from its model families)."""
 
     def __init__(self, variant: str) -> None:
-        from dcae_deploy.variants import get_variant
+        from dcae_deploy.family import component_defs, image_ratio, parts_of
+        from dcae_deploy.registry import get_variant
 
         self.config = config = get_variant(variant)
-        self.kind = config.kind
-        if self.kind == "pipeline":
-            parts = config.parts()
-            self.ae, self.den, self.te = parts["autoencoder"], parts["denoiser"], parts["text_encoder"]
-            self.stages = STAGE_ORDER
-            self.default_side = config.height
-        elif self.kind == "autoencoder":
-            self.ae, self.den, self.te = config, None, None
-            self.stages = ("encoder", "decoder")
-            self.default_side = 512
-        else:
-            raise SystemExit(f"--model {variant}: a {self.kind}; benchmark a pipeline or an autoencoder variant")
-        self.ratio = self.ae.spatial_compression_ratio
+        parts = parts_of(config)
+        if "autoencoder" not in parts:
+            raise SystemExit(f"--model {variant}: a {config.kind}; benchmark a pipeline or an autoencoder variant")
+        self.ae, self.den, self.te = parts["autoencoder"], parts.get("denoiser"), parts.get("text_encoder")
+        self.stages = tuple(s for s in STAGE_ORDER if s in component_defs(config))
+        self.default_side = getattr(config, "image_size", None) or 512
+        self.ratio = image_ratio(config)
 
     def input_tokens(self, manifest) -> tuple[int, int]:
-        if manifest is not None and manifest.pipeline:
-            tokens = manifest.pipeline.get("text_encoder", {}).get("input_tokens")
+        if manifest is not None and manifest.pipeline and manifest.pipeline.text_encoder:
+            tokens = manifest.pipeline.text_encoder.input_tokens
             if tokens:
                 return int(tokens[0]), int(tokens[1])
         try:
@@ -141,14 +136,16 @@ class ModelInfo:
 
 
 def stage_spec(info: ModelInfo, stage: str, manifest):
-    from dcae_deploy.export.specs import Resolution, autoencoder_spec, denoiser_spec, text_encoder_spec
+    """The stage's export spec (its family's), for the tensor layouts of its inputs."""
+    from types import SimpleNamespace
+
+    from dcae_deploy.specs import Resolution, component_spec
 
     res = Resolution(info.ratio, info.ratio, info.ratio, 1)  # only the tensor layouts are used
-    if stage in ("encoder", "decoder"):
-        return autoencoder_spec(stage, info.ae, res)
-    if stage == "denoiser":
-        return denoiser_spec(info.den, res, info.ratio, info.te.max_length)
-    return text_encoder_spec(info.te, res, info.input_tokens(manifest), info.vocab_size())
+    tokenizer = None
+    if info.te is not None and stage == "text_encoder":
+        tokenizer = SimpleNamespace(input_lengths=info.input_tokens(manifest), vocab_size=info.vocab_size())
+    return component_spec(info.config, stage, None, res, tokenizer)
 
 
 def write_inputs(info: ModelInfo, stage: str, side: int, batch: int, manifest, folder: Path) -> Path:

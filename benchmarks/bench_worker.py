@@ -143,30 +143,14 @@ def physical_cores() -> int:
 
 def _torch_models(job: dict):
     """(module, fn over named torch inputs) of the job's stage: the weights the export used (seed 0) or the checkpoint."""
-    from types import SimpleNamespace
-
-    import torch
-
-    from dcae_deploy.runtime.runners.torch import _module
-    from dcae_deploy.variants import get_variant
+    from dcae_deploy.models.pipeline import build_parts, load_parts
+    from dcae_deploy.registry import get_variant
+    from dcae_deploy.specs import module_call
 
     config = get_variant(job["model"])
     checkpoint = job.get("checkpoint")
-    if config.kind == "autoencoder":
-        from dcae_deploy.models.autoencoder import build_autoencoder
-        from dcae_deploy.models.autoencoder_io import load_autoencoder
-
-        if checkpoint:
-            ae = load_autoencoder(checkpoint, config.name)
-        else:
-            torch.manual_seed(0)  # as the exporter does
-            ae = build_autoencoder(config)
-        models = SimpleNamespace(autoencoder=ae)
-    else:
-        from dcae_deploy.models.pipeline import build_pipeline, load_pipeline
-
-        models = load_pipeline(checkpoint, config.name) if checkpoint else build_pipeline(config.name, seed=0)
-    module, fn = _module(models, job["stage"])
+    models = load_parts(config, checkpoint) if checkpoint else build_parts(config, seed=0)  # as the exporter does
+    module, fn = module_call(config, job["stage"], models)
     del models
     gc.collect()
     return module, fn
@@ -205,6 +189,7 @@ class TorchBackend:
             torch.backends.cudnn.allow_tf32 = job["precision"] != "fp32"
             self.config["tf32"] = job["precision"] != "fp32"
         self._graph = None
+        self._graph_state: dict | None = None  # the inputs and outputs the CUDA graph was captured on
         self._compiled = None
         if mode == "compile":
             self._compiled = torch.compile(fn)
@@ -235,7 +220,7 @@ class TorchBackend:
             graph = torch.cuda.CUDAGraph()
             with torch.inference_mode(), torch.cuda.graph(graph):
                 state["out"] = self.fn(state["inputs"])
-            self._graph = graph
+            self._graph, self._graph_state = graph, state
         return state
 
     def run(self, state: dict) -> None:
@@ -261,14 +246,42 @@ class TorchBackend:
         return self.fetch(state)
 
 
-class OrtBackend:
+class RunnerBackend:
+    """A runtime runner through its public binding API (dcae_deploy/runtime/runners/base.py): ``bind`` places the
+    inputs once (on the GPU where the runner has one), ``run_bound`` is one execution with no host copies (ONNX
+    Runtime CUDA EP: ``run_with_iobinding``; TensorRT: ``execute_async_v3`` + stream synchronize; CPU: one
+    synchronous run), ``fetch`` copies the outputs back, and ``infer`` is the full path with host I/O."""
+
+    events = False
+
+    def __init__(self, runner, output: str) -> None:
+        from dcae_deploy.runtime.errors import BackendError
+
+        self.runner, self.output = runner, output
+        try:
+            runner.load()
+        except BackendError as exc:
+            raise NotAvailable(str(exc)) from exc
+        self.cuda = runner.on_gpu
+
+    def prepare(self, feeds: dict[str, np.ndarray]):
+        return self.runner.bind(feeds)
+
+    def run(self, state) -> None:
+        self.runner.run_bound(state)
+
+    def fetch(self, state) -> np.ndarray:
+        return np.asarray(self.runner.fetch(state)[self.output], dtype=np.float32)
+
+    def call_np(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.runner.infer(feeds)[self.output], dtype=np.float32)
+
+
+class OrtBackend(RunnerBackend):
     """The runtime's ONNX Runtime runner, with explicit CPU session settings (see README: ORT CPU settings)."""
 
     def __init__(self, job: dict, force_cpu: bool) -> None:
-        import onnxruntime as ort
-
         from dcae_deploy.manifest import read_manifest
-        from dcae_deploy.runtime.errors import BackendError
         from dcae_deploy.runtime.runners.onnxruntime import OnnxRuntimeRunner, OrtSettings
 
         folder = job.get("artifacts")
@@ -280,56 +293,18 @@ class OrtBackend:
         component = manifest.component(job["stage"])
         device = "cpu" if force_cpu or job["device"] == "cpu" else job["device"]
         settings = OrtSettings(**(job.get("ort") or {}))  # defaults: exactly what the runtime's runner uses
-        self.runner = OnnxRuntimeRunner(component, Path(folder) / component.file, manifest.precision, device=device,
-                                        threads=job["threads"], settings=settings)
-        try:
-            self.runner.load()
-        except BackendError as exc:
-            raise NotAvailable(str(exc)) from exc
-        self.cuda = self.runner._cuda
-        self.events = False
-        self.output = component.outputs[0].name
-        self.config = {"onnxruntime": ort.__version__, "providers": self.runner.providers,
-                       "graph": str(self.runner.graph), "precision": manifest.precision, **self.runner.report}
-
-    def prepare(self, feeds: dict[str, np.ndarray]) -> dict:
-        import onnxruntime as ort
-
-        prepared = self.runner.prepare(feeds)
-        if not self.cuda:
-            return {"feeds": prepared, "out": None}
-        session = self.runner._session
-        binding = session.io_binding()
-        values = {k: ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0) for k, v in prepared.items()}
-        for k, v in values.items():
-            binding.bind_ortvalue_input(k, v)
-        for o in session.get_outputs():
-            binding.bind_output(o.name, "cuda", 0)
-        session.run_with_iobinding(binding)  # allocates the outputs once; later runs reuse them
-        outputs = binding.get_outputs()
-        for o, value in zip(session.get_outputs(), outputs):
-            binding.bind_ortvalue_output(o.name, value)
-        return {"binding": binding, "values": values, "outputs": outputs}
-
-    def run(self, state: dict) -> None:
-        if self.cuda:
-            self.runner._session.run_with_iobinding(state["binding"])
-        else:
-            state["out"] = self.runner._session.run([self.output], state["feeds"])[0]
-
-    def fetch(self, state: dict) -> np.ndarray:
-        if self.cuda:
-            return np.asarray(state["outputs"][0].numpy(), dtype=np.float32)
-        return np.asarray(state["out"], dtype=np.float32)
-
-    def call_np(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return np.asarray(self.runner.infer(feeds)[self.output], dtype=np.float32)
+        runner = OnnxRuntimeRunner(component, Path(folder) / component.file, manifest.precision, device=device,
+                                   threads=job["threads"], settings=settings)
+        super().__init__(runner, component.outputs[0].name)
+        self.config = {"onnxruntime": runner.version, "providers": runner.providers,
+                       "graph": str(runner.graph), "precision": manifest.precision, **runner.report}
 
 
-class TrtBackend:
+class TrtBackend(RunnerBackend):
+    """The runtime's TensorRT runner on the job's engine folder (``<stage>.plan``)."""
+
     def __init__(self, job: dict) -> None:
         from dcae_deploy.manifest import read_manifest
-        from dcae_deploy.runtime.errors import BackendError
         from dcae_deploy.runtime.runners.tensorrt import TensorRTRunner
 
         engine_dir = job.get("engine_dir")
@@ -339,32 +314,10 @@ class TrtBackend:
         plan = Path(engine_dir) / f"{job['stage']}.plan"
         if not plan.is_file():
             raise NotAvailable(f"no {plan.name} in {engine_dir}")
-        self.runner = TensorRTRunner(manifest.component(job["stage"]), plan, job.get("trt_flavour"))
-        try:
-            self.runner.load()
-        except BackendError as exc:
-            raise NotAvailable(str(exc)) from exc
-        self.events = False
-        self.output = manifest.component(job["stage"]).outputs[0].name
-        self.config = {"flavour": self.runner.flavour, "plan": str(plan),
-                       "version": getattr(self.runner._trt, "__version__", "?")}
-
-    def prepare(self, feeds: dict[str, np.ndarray]) -> dict:
-        prepared = self.runner.prepare(feeds)
-        out = self.runner.infer(prepared)[self.output]  # sets shapes and tensor addresses once
-        return {"feeds": prepared, "out": out}
-
-    def run(self, state: dict) -> None:
-        r = self.runner
-        if not r._context.execute_async_v3(r._cuda.handle(r._stream)):
-            raise RuntimeError("execute_async_v3 failed")
-        r._cuda.synchronize(r._stream)
-
-    def fetch(self, state: dict) -> np.ndarray:
-        return np.asarray(self.runner.infer(state["feeds"])[self.output], dtype=np.float32)
-
-    def call_np(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return np.asarray(self.runner.infer(feeds)[self.output], dtype=np.float32)
+        component = manifest.component(job["stage"])
+        runner = TensorRTRunner(component, plan, job.get("trt_flavour"))
+        super().__init__(runner, component.outputs[0].name)
+        self.config = {"flavour": runner.flavour, "plan": str(plan), "version": runner.version}
 
 
 def make_backend(job: dict):
@@ -420,7 +373,7 @@ def _preimport(backend: str) -> None:
     """Import the backend's libraries before the memory baseline: peaks then count the stage, not the imports."""
     import importlib
 
-    names = {"torch": ["torch", "dcae_deploy.models.pipeline", "dcae_deploy.runtime.runners.torch"],
+    names = {"torch": ["torch", "dcae_deploy.models.pipeline", "dcae_deploy.specs"],
              "onnxruntime": ["onnxruntime", "dcae_deploy.runtime.runners.onnxruntime"],
              "tensorrt": ["dcae_deploy.runtime.runners.tensorrt"]}
     for name in names.get(backend.split("-")[0], []):
@@ -460,7 +413,7 @@ def measure(job: dict) -> dict:
 
         if job["backend"] == "torch-cudagraph":
             first = {"latent": np.ascontiguousarray(latent[:, :, :cells, :cells])}
-            backend._graph_state = backend.prepare(first)
+            backend.prepare(first)  # captures the CUDA graph on one tile's shape; call_np copies into it
         state = None
     else:
         tiled_call = None

@@ -89,21 +89,13 @@ def count(module: torch.nn.Module, inputs: tuple, calls: int = 1) -> dict:
 
 
 def build(kind: str, name: str) -> torch.nn.Module:
-    from dcae_deploy.variants import get_variant
+    """The variant's module on the meta device (no memory), through its model family."""
+    from dcae_deploy.family import family_of
+    from dcae_deploy.registry import get_variant
 
+    config = get_variant(name, kind=kind)
     with torch.device("meta"):
-        if kind == "autoencoder":
-            from dcae_deploy.models.autoencoder import build_autoencoder
-
-            m = build_autoencoder(get_variant(name))
-        elif kind == "denoiser":
-            from dcae_deploy.models.denoiser import build_denoiser
-
-            m = build_denoiser(get_variant(name))
-        else:
-            from dcae_deploy.models.text_encoder import build_text_encoder
-
-            m = build_text_encoder(name)
+        m = family_of(config).build_module(config)
     return m.half().eval()
 
 

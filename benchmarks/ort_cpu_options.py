@@ -132,8 +132,8 @@ def main(argv=None) -> int:
     manifest = read_manifest(folder, verify=False)
     comp = manifest.component(args.component)
     threads = args.threads or physical_cores()
-    ratio = manifest.spatial_compression_ratio or (manifest.pipeline or {}).get("autoencoder", {}).get(
-        "spatial_compression_ratio", 32)
+    ratio = manifest.spatial_compression_ratio or (
+        manifest.pipeline.autoencoder.spatial_compression_ratio if manifest.pipeline else 32)
     side = args.resolution or manifest.resolution.get("opt_res", 512)
     rng = np.random.default_rng(0)
     feeds = {}

@@ -86,44 +86,31 @@ def prompt_adherence(generate: Callable[[list[str], int], Sequence[np.ndarray]],
 
 
 def torch_generator(models, steps: int, guidance: float, height: int, width: int):
-    """``generate(prompts, seed)`` on the PyTorch parts of a pipeline (fp32, CPU)."""
-    import torch
+    """``generate(prompts, seed)`` on the PyTorch parts of a pipeline (fp32, CPU), through the runtime's own
+    generation loop (:func:`dcae_deploy.runtime.eager.open_pytorch`): the same noise, sampler and guidance as
+    an export evaluated with ``--artifacts``."""
+    from dcae_deploy.runtime.eager import open_pytorch
+    from dcae_deploy.runtime.generation import GenerationConfig
 
-    from dcae_deploy.runtime.pipeline import initial_noise
-    from dcae_deploy.sampling import cfg_batch, cfg_combine, dpm_flow_schedule, sample_flow
+    pipe = open_pytorch(models, device="cpu", max_res=max(height, width), progress=False)
 
-    cfg = models.config
-    f = models.autoencoder.config.spatial_compression_ratio
-    channels = models.denoiser.config.in_channels
-    scale = models.denoiser.config.timestep_scale
-
-    @torch.no_grad()
     def generate(prompts: list[str], seed: int) -> list[np.ndarray]:
-        n = len(prompts)
-        ids, mask = models.tokenizer([""] * n + list(prompts))
-        ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
-        states = models.text_encoder(ids, mask)
-        noise = initial_noise(seed, n, (channels, height // f, width // f))  # the runtime's noise, image by image
-
-        def velocity(x, t):
-            xb = cfg_batch(x)
-            v = models.denoiser(xb, torch.full((2 * n,), t * scale), states, mask.float())
-            return cfg_combine(v, guidance)
-
-        latents = sample_flow(velocity, torch.from_numpy(noise), dpm_flow_schedule(steps, cfg.flow_shift))
-        images = models.autoencoder.decode(latents, scaled=True).clamp(-1, 1)
-        return list(((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        request = GenerationConfig(prompts=tuple(prompts), seed=seed, steps=steps, guidance_scale=guidance,
+                                   height=height, width=width)
+        return list(pipe.generate(request).images)
 
     return generate
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dcae_deploy.runtime.backends import BACKENDS
+
     p = argparse.ArgumentParser(prog="python -m dcae_deploy.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="a pipeline folder (PyTorch); default: the shipped demo model")
     src.add_argument("--artifacts", help="an exported pipeline folder (manifest.json), run through --backend")
-    p.add_argument("--backend", default="onnxruntime", help="with --artifacts: torch, onnxruntime or tensorrt")
+    p.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS), help="with --artifacts: the backend")
     p.add_argument("--num-prompts", type=int, default=100)
     p.add_argument("--prompt-split", choices=sorted(PROMPT_SPLITS), default="heldout",
                    help="held-out caption triples (the evaluation) or training ones (to tune sampling settings)")
@@ -145,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         autoencoder = config = None
     else:
         from dcae_deploy.models.pipeline import load_pipeline
+        from dcae_deploy.shipped_demo import demo_folder
 
-        models = load_pipeline(args.checkpoint or _demo_folder())
+        models = load_pipeline(args.checkpoint or demo_folder())
         config = models.config
         generate = torch_generator(models, args.steps or config.steps, _guidance(args, config),
                                    config.height, config.width)
@@ -172,18 +160,9 @@ def _guidance(args, config) -> float:
     return config.guidance_scale if args.guidance is None else args.guidance
 
 
-def _demo_folder():
-    from importlib.resources import files
-
-    folder = files("dcae_deploy") / "demo"
-    if not folder.is_dir():
-        raise DcaeDeployError("the shipped demo model (dcae_deploy/demo/) is missing; pass --checkpoint or --artifacts")
-    return folder
-
-
 def _runtime_generator(args):
     """``generate`` over exported artifacts through the runtime's text-to-image pipeline."""
-    from dcae_deploy.runtime.pipeline import GenerationConfig, TextToImage
+    from dcae_deploy.runtime.generation import GenerationConfig, TextToImage
 
     pipe = TextToImage.open(args.artifacts, backend=args.backend, progress=False)
 

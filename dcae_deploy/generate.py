@@ -20,20 +20,23 @@ from dcae_deploy.errors import DcaeDeployError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dcae_deploy.runtime.backends import BACKENDS
+    from dcae_deploy.runtime.schedulers import SAMPLERS
+
     p = argparse.ArgumentParser(prog="python -m dcae_deploy.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt", required=True, action="append", help="what to draw (repeat for several images)")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (default: the empty prompt)")
     p.add_argument("--artifacts", default=None, help="export folder (manifest.json); default: the shipped demo")
     p.add_argument("--variant", default=None, help="refuse an export of another pipeline variant")
-    p.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime", "tensorrt"))
+    p.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch / ONNX Runtime device")
     p.add_argument("--engine-dir", default=None, help="TensorRT plans (default: the one under ARTIFACTS/engines)")
     p.add_argument("--checkpoint", default=None, help="torch backend: pipeline folder (default: the manifest's); "
                    "without --artifacts it runs that folder directly, with no export")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
-    p.add_argument("--sampler", default=None, choices=("dpm-solver++", "euler"))
+    p.add_argument("--sampler", default=None, choices=list(SAMPLERS))
     p.add_argument("--seed", type=int, default=0, help="initial-noise seed; image i of a batch uses seed + i")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
@@ -62,13 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     if eager:
         artifacts = None
     elif args.artifacts is None:
-        from dcae_deploy.runtime.demo import demo_artifacts
+        from dcae_deploy.shipped_demo import demo_artifacts
 
         artifacts = demo_artifacts()
         if args.variant not in (None, artifacts.variant):
             raise DcaeDeployError(f"the shipped demo is {artifacts.variant!r}, not {args.variant!r}: pass --artifacts")
         if args.backend == "tensorrt" and args.engine_dir is None:
-            from dcae_deploy.runtime.demo import demo_engines
+            from dcae_deploy.shipped_demo import demo_engines
 
             demo_engines(artifacts)
     else:

@@ -5,15 +5,21 @@ names, dtypes and symbolic shapes, the min/opt/max optimisation profile of every
 scaling factor, opset, tool versions and a SHA-256 of every file. Engine builders and runtimes read
 only the manifest and the files it names, and refuse files whose hash no longer matches.
 
-A text-to-image export (``kind == "pipeline"``) also carries ``pipeline``: what the runtime needs and
-cannot read from the graphs (latent scaling, timestep scale, tokenizer file, sampling defaults)::
+A pipeline export (``kind == "pipeline"``) also carries ``pipeline`` (:class:`PipelineSection`): what the
+runtime needs and cannot read from the graphs (latent scaling, timestep scale, tokenizer file, sampling
+defaults), one typed entry per part, each contributed by its model family (:mod:`dcae_deploy.family`)::
 
-    {"variant": "demo",
+    {"variant": "demo", "conditioning": "text",
      "autoencoder": {"scaling_factor", "spatial_compression_ratio", "latent_channels"},
      "denoiser": {"timestep_scale", "in_channels", "caption_channels"},
      "text_encoder": {"family", "max_length", "hidden_size", "tokenizer": "tokenizer/vocab.json",
                       "input_tokens": [min, max], "complex_human_instruction": bool},
      "defaults": {"height", "width", "steps", "guidance_scale", "flow_shift", "sampler"}}
+
+``conditioning`` says what the denoiser is conditioned on: ``"text"`` (caption embeddings from the text
+encoder); a class-conditional pipeline would say ``"class"`` and have no ``text_encoder`` entry.
+
+Version history: 1 had no ``conditioning`` (read as ``"text"``); 2 adds it.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ SPLIT_DECODER = ("decoder_global", "decoder_local")
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_TAG = "dcae_deploy.manifest"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 is upgraded on reading (conditioning "text")
 
 
 class ManifestError(DcaeDeployError):
@@ -71,6 +78,91 @@ class Component:
 
 
 @dataclass(frozen=True)
+class AutoencoderFacts:
+    """What the runtime needs of the autoencoder: latent scaling and geometry."""
+
+    scaling_factor: float
+    spatial_compression_ratio: int
+    latent_channels: int
+
+
+@dataclass(frozen=True)
+class DenoiserFacts:
+    """What the runtime needs of the denoiser: the timestep input's scale, latent and caption widths."""
+
+    timestep_scale: float
+    in_channels: int
+    caption_channels: int | None = None  # text conditioning only
+
+
+@dataclass(frozen=True)
+class TextEncoderFacts:
+    """What the runtime needs of the text encoder: its tokenizer file and token window."""
+
+    family: str
+    max_length: int
+    hidden_size: int
+    tokenizer: str | None  # path relative to the export folder; None when the text encoder was not exported
+    input_tokens: tuple[int, int]  # (shortest, longest) tokenised prompt the graph takes
+    complex_human_instruction: bool = False
+
+
+@dataclass(frozen=True)
+class SamplerDefaults:
+    """The pipeline's default request: image size, steps, guidance, flow shift, sampler name."""
+
+    height: int
+    width: int
+    steps: int
+    guidance_scale: float
+    flow_shift: float
+    sampler: str
+
+
+#: manifest key -> facts class of each part of a pipeline section
+PART_FACTS = {"autoencoder": AutoencoderFacts, "denoiser": DenoiserFacts, "text_encoder": TextEncoderFacts}
+
+
+@dataclass(frozen=True)
+class PipelineSection:
+    """The manifest's ``pipeline`` block (see the module docstring)."""
+
+    variant: str
+    autoencoder: AutoencoderFacts
+    denoiser: DenoiserFacts
+    defaults: SamplerDefaults
+    text_encoder: TextEncoderFacts | None = None
+    conditioning: str = "text"
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"variant": self.variant, "conditioning": self.conditioning}
+        for key in PART_FACTS:
+            facts = getattr(self, key)
+            if facts is not None:
+                data[key] = _jsonable(dataclasses.asdict(facts))
+        data["defaults"] = dataclasses.asdict(self.defaults)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PipelineSection":
+        parts = {key: _facts_from_dict(facts_class, data[key])
+                 for key, facts_class in PART_FACTS.items() if data.get(key) is not None}
+        return cls(variant=data["variant"], defaults=SamplerDefaults(**data["defaults"]),
+                   conditioning=data.get("conditioning", "text"), **parts)
+
+
+def _facts_from_dict(cls, data: dict[str, Any]):
+    values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+    if "input_tokens" in values:
+        values["input_tokens"] = tuple(values["input_tokens"])
+    return cls(**values)
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+
+@dataclass(frozen=True)
 class Manifest:
     variant: str
     kind: str
@@ -83,7 +175,7 @@ class Manifest:
     resolution: dict[str, int] = field(default_factory=dict)  # min_res / opt_res / max_res / max_batch
     checkpoint: str | None = None  # None: randomly initialised weights (structure check only)
     versions: dict[str, str] = field(default_factory=dict)
-    pipeline: dict[str, Any] | None = None  # text-to-image exports only (see the module docstring)
+    pipeline: PipelineSection | None = None  # pipeline exports only (see the module docstring)
 
     def component(self, name: str) -> Component:
         if name not in self.components:
@@ -94,12 +186,16 @@ class Manifest:
         return self.components[name]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT_TAG, "version": FORMAT_VERSION, **dataclasses.asdict(self)}
+        data = dataclasses.asdict(dataclasses.replace(self, pipeline=None))
+        data["pipeline"] = self.pipeline.to_dict() if self.pipeline is not None else None
+        return {"format": FORMAT_TAG, "version": FORMAT_VERSION, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
         data = {k: v for k, v in data.items() if k not in ("format", "version")}
         data["components"] = {name: _component_from_dict(c) for name, c in data["components"].items()}
+        if data.get("pipeline") is not None:
+            data["pipeline"] = PipelineSection.from_dict(data["pipeline"])
         return cls(**data)
 
 
@@ -140,14 +236,15 @@ def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
         data = read_json(path)
     except DcaeDeployError as exc:
         raise ManifestError(str(exc)) from exc
-    if data.get("format") != FORMAT_TAG or data.get("version") != FORMAT_VERSION:
+    if data.get("format") != FORMAT_TAG or data.get("version") not in READABLE_VERSIONS:
         raise ManifestError(
             f"{path} is not a dcae_deploy manifest of version {FORMAT_VERSION} "
-            f"(format={data.get('format')!r}, version={data.get('version')!r}); re-export with this version"
+            f"(format={data.get('format')!r}, version={data.get('version')!r}); re-export the folder with this "
+            f"version of dcae_deploy (python -m dcae_deploy.export ...)"
         )
     try:
         manifest = Manifest.from_dict(data)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ManifestError(f"{path} is incomplete or malformed ({exc!r}); re-export") from exc
     if verify:
         verify_files(folder, manifest)

@@ -3,13 +3,14 @@
 ::
 
     python -m dcae_deploy.parity --artifacts export/demo --backends torch,onnxruntime,tensorrt
-    python -m dcae_deploy.parity --regenerate-golden        # rewrite tests/data/golden/ on purpose
+    python -m dcae_deploy.parity --regenerate-golden --golden-dir tests/data/golden   # on purpose
 
 Stages: the text embeddings, the denoiser's first-step output, the final latent and the decoded image.
-Tolerances are the export gate's (:mod:`dcae_deploy.export.parity`): relative L2 <= 1e-4 for fp32 exports;
+Tolerances are the export gate's (:mod:`dcae_deploy.export.gate`): relative L2 <= 1e-4 for fp32 exports;
 <= 1e-2 and image PSNR >= 35 dB for fp16/bf16. Exits with status 1 when any stage is past its tolerance.
 
-Golden files (``tests/data/golden/<name>.npz``) hold a recipe (variant, export profile, prompt, seed,
+Golden files (``<golden-dir>/<name>.npz``; this repository's are in ``tests/data/golden/``, made by the
+``make_golden.py`` beside them) hold a recipe (variant, export profile, prompt, seed,
 steps, size) and the PyTorch fp32 outputs of every stage for it, from randomly initialised weights
 (``build_pipeline(variant, seed=0)``); ``tests/runtime/test_golden.py`` checks current outputs against them.
 """
@@ -27,10 +28,10 @@ import numpy as np
 
 from dcae_deploy.cli import run_cli
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.export.parity import MIN_IMAGE_PSNR_DB, REL_L2, ParityRecord, compare
+from dcae_deploy.export.gate import MIN_IMAGE_PSNR_DB, REL_L2, ParityRecord, compare
 
-STAGES = ("text_embeddings", "first_step", "latent", "image")
-GOLDEN_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "golden"
+#: the generation outputs compared per backend (GenerationResult.stages)
+PARITY_STAGES = ("text_embeddings", "first_step", "latent", "image")
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def compare_stages(stages: dict, reference: dict, precision: str, runner: str) -
     return [
         compare(stage, stage, np.asarray(stages[stage], np.float32), np.asarray(reference[stage], np.float32),
                 precision, is_image=stage == "image", runner=runner)
-        for stage in STAGES
+        for stage in PARITY_STAGES
     ]
 
 
@@ -97,7 +98,7 @@ def format_table(rows: list[tuple[str, ParityRecord]]) -> str:
 def write_golden(path: Path, recipe: GoldenRecipe, stages: dict[str, np.ndarray]) -> Path:
     from dcae_deploy.checkpoints import atomic_write
 
-    arrays = {k: np.asarray(stages[k], np.float32) for k in STAGES}
+    arrays = {k: np.asarray(stages[k], np.float32) for k in PARITY_STAGES}
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -112,10 +113,10 @@ def read_golden(path: Path) -> tuple[GoldenRecipe, dict[str, np.ndarray]]:
         raise DcaeDeployError(f"golden file {path} not found: create it with `python -m dcae_deploy.parity --regenerate-golden`")
     with np.load(path) as data:
         recipe = GoldenRecipe(**json.loads(str(data["recipe"])))
-        return recipe, {k: data[k] for k in STAGES}
+        return recipe, {k: data[k] for k in PARITY_STAGES}
 
 
-def regenerate_golden(folder: Path = GOLDEN_DIR, recipe: GoldenRecipe = GoldenRecipe()) -> Path:
+def regenerate_golden(folder: Path, recipe: GoldenRecipe = GoldenRecipe()) -> Path:
     """Export the recipe's pipeline to a temporary folder, run PyTorch fp32, write ``folder/<name>.npz``."""
     from dcae_deploy.runtime import load_artifacts
 
@@ -144,11 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", default=None, help="also write the records to this JSON file")
     p.add_argument("--regenerate-golden", action="store_true",
-                   help=f"rewrite the golden files in {GOLDEN_DIR} (on purpose: after an intended numerical change)")
-    p.add_argument("--golden-dir", default=str(GOLDEN_DIR))
+                   help="rewrite the golden files in --golden-dir (on purpose: after an intended numerical change)")
+    p.add_argument("--golden-dir", default=None, help="folder of the golden files (tests/data/golden in the repository)")
     args = p.parse_args(argv)
 
     if args.regenerate_golden:
+        if not args.golden_dir:
+            p.error("--regenerate-golden needs --golden-dir (the repository's are in tests/data/golden)")
         path = regenerate_golden(Path(args.golden_dir))
         print(f"wrote {path}")
         return 0

@@ -1,5 +1,9 @@
 """Flow-matching samplers for SANA: schedules, DPM-Solver++(2M), Euler, classifier-free guidance.
 
+:data:`SAMPLERS` is the one table of sampler names (those of the manifest and the command lines,
+``dpm-solver++`` and ``euler``) -> schedule and solver, and :func:`flow_steps` the one integration loop:
+:func:`sample_flow` here and the runtime's guided ``sample`` (``dcae_deploy/runtime/schedulers.py``) both run it.
+
 Convention (rectified flow): ``x_sigma = (1 - sigma) * x0 + sigma * noise``; the model predicts the
 velocity ``v = noise - x0``, so ``x0 = x_sigma - sigma * v``. Sampling runs sigma from ~1 down to 0.
 
@@ -15,20 +19,26 @@ arrays with Python-float coefficients, so the same code drives torch tensors and
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 __all__ = [
+    "DEFAULT_SAMPLER",
+    "SAMPLERS",
     "DPMSolverPP2M",
     "FlowEuler",
     "FlowSchedule",
+    "Sampler",
+    "SamplerName",
+    "Solver",
     "cfg_batch",
     "cfg_combine",
     "dpm_flow_schedule",
     "euler_flow_schedule",
+    "flow_steps",
     "guided",
     "sample_flow",
 ]
@@ -134,20 +144,55 @@ class FlowEuler:
         return sample + self.dts[i] * velocity
 
 
-SOLVERS = {"dpm++2m": DPMSolverPP2M, "euler": FlowEuler}
+# ---------------------------------------------------------------------------------------------
+# Samplers: name -> schedule + solver, and the one integration loop
+# ---------------------------------------------------------------------------------------------
+
+
+class Solver(Protocol):
+    """One step from sigmas[i] to sigmas[i + 1], given the model's velocity at sigmas[i]."""
+
+    def step(self, i: int, sample: Array, velocity: Array) -> Array: ...
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A schedule (``schedule(num_steps, shift=...)``) and the solver that integrates over it."""
+
+    schedule: Callable[..., FlowSchedule]
+    solver: Callable[[FlowSchedule], Solver]
+
+
+SamplerName = Literal["dpm-solver++", "euler"]
+SAMPLERS: dict[str, Sampler] = {
+    "dpm-solver++": Sampler(dpm_flow_schedule, DPMSolverPP2M),
+    "euler": Sampler(euler_flow_schedule, FlowEuler),
+}
+DEFAULT_SAMPLER: SamplerName = "dpm-solver++"
+
+
+def flow_steps(
+    velocity_fn: VelocityFn, sample: Array, schedule: FlowSchedule, solver: SamplerName = DEFAULT_SAMPLER
+) -> Iterator[tuple[int, Array, Array]]:
+    """Integrate from ``sample`` (noise at sigmas[0]) to sigma = 0 with the solver of ``SAMPLERS[solver]``,
+    yielding ``(step, velocity, new sample)`` after each step; ``velocity_fn(x, timestep)``."""
+    stepper = SAMPLERS[solver].solver(schedule)
+    for i in range(schedule.num_steps):
+        velocity = velocity_fn(sample, float(schedule.timesteps[i]))
+        sample = stepper.step(i, sample, velocity)
+        yield i, velocity, sample
 
 
 def sample_flow(
     velocity_fn: VelocityFn,
     sample: Array,
     schedule: FlowSchedule,
-    solver: Literal["dpm++2m", "euler"] = "dpm++2m",
+    solver: SamplerName = DEFAULT_SAMPLER,
     callback: Callable[[int, Array], None] | None = None,
 ) -> Array:
-    """Integrate from ``sample`` (noise at sigmas[0]) to sigma = 0; ``velocity_fn(x, timestep)``."""
-    stepper = SOLVERS[solver](schedule)
-    for i in range(schedule.num_steps):
-        sample = stepper.step(i, sample, velocity_fn(sample, float(schedule.timesteps[i])))
+    """Integrate from ``sample`` (noise at sigmas[0]) to sigma = 0; ``velocity_fn(x, timestep)``;
+    ``callback(step, sample)`` after each step."""
+    for i, _, sample in flow_steps(velocity_fn, sample, schedule, solver):
         if callback is not None:
             callback(i, sample)
     return sample

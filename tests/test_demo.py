@@ -17,13 +17,13 @@ import torch
 from dcae_deploy.data.judge import judge_image, score
 from dcae_deploy.evaluate import heldout_prompts, reconstruction_psnr
 from dcae_deploy.models.pipeline import load_pipeline
-from dcae_deploy.runtime.demo import demo_folder
+from dcae_deploy.shipped_demo import demo_folder
 
 
 @pytest.fixture(scope="module")
 def demo_export(tmp_path_factory):
     from dcae_deploy.export import export_model
-    from dcae_deploy.runtime.demo import DEMO_EXPORT
+    from dcae_deploy.shipped_demo import DEMO_EXPORT
 
     out = tmp_path_factory.mktemp("demo-export")
     torch.set_num_threads(1)
@@ -39,7 +39,7 @@ def test_demo_reconstructs_heldout_images():
 
 
 def test_demo_prompt_adherence_through_onnxruntime(demo_export):
-    from dcae_deploy.runtime.pipeline import GenerationConfig, TextToImage
+    from dcae_deploy.runtime.generation import GenerationConfig, TextToImage
 
     prompts = heldout_prompts(16)
     with TextToImage.open(demo_export, backend="onnxruntime", progress=False) as pipe:
@@ -54,7 +54,7 @@ def test_evaluate_draws_the_same_images_with_pytorch_and_onnxruntime(demo_export
     """`python -m dcae_deploy.evaluate` on the checkpoint (PyTorch) and on the export (ONNX Runtime) start from the
     same noise, so the two measure the same images."""
     from dcae_deploy.evaluate import torch_generator
-    from dcae_deploy.runtime.pipeline import GenerationConfig, TextToImage
+    from dcae_deploy.runtime.generation import GenerationConfig, TextToImage
 
     prompts = heldout_prompts(2)
     models = load_pipeline(demo_folder())

@@ -71,7 +71,7 @@ def test_euler_schedule_equals_diffusers(num_steps):
 @pytest.mark.parametrize("num_steps", STEPS)
 def test_dpm_solver_loop_matches_diffusers(num_steps):
     expected = _diffusers_loop(_dpm(num_steps), _noise())
-    actual = sample_flow(velocity, _noise(), dpm_flow_schedule(num_steps), solver="dpm++2m")
+    actual = sample_flow(velocity, _noise(), dpm_flow_schedule(num_steps), solver="dpm-solver++")
     assert max_relative_error(actual, expected) <= 1e-6
 
 
@@ -82,7 +82,7 @@ def test_euler_loop_matches_diffusers(num_steps):
     assert max_relative_error(actual, expected) <= 1e-6
 
 
-@pytest.mark.parametrize("solver, schedule", [("dpm++2m", dpm_flow_schedule), ("euler", euler_flow_schedule)])
+@pytest.mark.parametrize("solver, schedule", [("dpm-solver++", dpm_flow_schedule), ("euler", euler_flow_schedule)])
 def test_numpy_arrays_give_the_torch_result(solver, schedule):
     as_torch = sample_flow(velocity, _noise(), schedule(20), solver=solver)
     as_numpy = sample_flow(velocity, _noise().numpy(), schedule(20), solver=solver)

@@ -9,36 +9,37 @@
     info = load_engine_info(infos["decoder"].plan_path.parent)["decoder"]
     info.inputs, info.profiles                                        # bind buffers by the manifest's names
 
-TensorRT and TensorRT-RTX are imported only when an engine is built.
+TensorRT and TensorRT-RTX are imported only when an engine is built (``dcae_deploy/tensorrt_support.py``,
+shared with the runtime, holds the flavours and the sidecar format).
 """
 
 from dcae_deploy.engines.build import build_engines
 from dcae_deploy.engines.common import (
-    BACKENDS,
-    Backend,
+    FLAVOURS,
     BuildTarget,
     EngineBuildError,
     EngineInfoError,
+    TensorRTFlavour,
     engine_folder_name,
-    load_backend,
+    load_flavour,
     resolve_target,
 )
 from dcae_deploy.engines.script import SCRIPT_NAME, render_build_script, write_build_script
 from dcae_deploy.engines.sidecar import EngineInfo, list_engine_dirs, load_engine_info, read_sidecar
 
 __all__ = [
-    "BACKENDS",
+    "FLAVOURS",
     "SCRIPT_NAME",
-    "Backend",
     "BuildTarget",
     "EngineBuildError",
     "EngineInfo",
     "EngineInfoError",
+    "TensorRTFlavour",
     "build_engines",
     "engine_folder_name",
     "list_engine_dirs",
-    "load_backend",
     "load_engine_info",
+    "load_flavour",
     "read_sidecar",
     "render_build_script",
     "resolve_target",

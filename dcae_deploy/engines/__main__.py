@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from dcae_deploy.cli import run_cli
-from dcae_deploy.engines.common import BACKENDS, PORTABLE_TARGET
+from dcae_deploy.engines.common import FLAVOURS, PORTABLE_TARGET
 
 
 def _build(args: argparse.Namespace) -> None:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", help="export folder holding manifest.json (from `python -m dcae_deploy.export`)")
     p.add_argument(
         "--backend",
-        choices=("auto", *BACKENDS),
+        choices=("auto", *FLAVOURS),
         default="auto",
         help="TensorRT flavour (default auto: tensorrt when importable, else tensorrt-rtx)",
     )

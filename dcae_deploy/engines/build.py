@@ -19,15 +19,15 @@ from typing import IO, Any
 
 from dcae_deploy.checkpoints import atomic_write, write_json
 from dcae_deploy.engines.common import (
-    Backend,
     BuildTarget,
     EngineBuildError,
+    TensorRTFlavour,
     engine_folder_name,
-    load_backend,
+    load_flavour,
     resolve_target,
 )
-from dcae_deploy.engines.sidecar import PLAN_SUFFIX, SIDECAR_FORMAT, SIDECAR_VERSION, EngineInfo
 from dcae_deploy.manifest import Component, Manifest, read_manifest, sha256_file
+from dcae_deploy.tensorrt_support import PLAN_SUFFIX, SIDECAR_SUFFIX, EngineInfo
 
 _STATUS_WIDTH = 100  # characters of the in-place progress line on a terminal
 # Enough of the backend's error log to explain a failed build without flooding the terminal.
@@ -66,12 +66,12 @@ def build_engines(
     stream = stream or sys.stderr
     manifest = read_manifest(folder, verify=True)
     selected = _select_components(manifest, components)
-    trt_backend = load_backend(backend)
-    target = resolve_target(trt_backend, compute_capability)
+    flavour = load_flavour(backend)
+    target = resolve_target(flavour, compute_capability)
     engine_dir = Path(output) if output is not None else folder / "engines"
-    engine_dir = engine_dir / engine_folder_name(trt_backend, target, manifest.precision)
+    engine_dir = engine_dir / engine_folder_name(flavour, target, manifest.precision)
     cache_path = Path(timing_cache) if timing_cache is not None else None
-    if cache_path is not None and trt_backend.is_rtx:
+    if cache_path is not None and flavour.is_rtx:
         # TensorRT-RTX keeps the timing-cache API as deprecated no-ops (it tunes kernels at run time, JIT);
         # loading a saved cache even reaches for CUDA, which fails on a GPU-less build machine.
         _say(stream, f"note: TensorRT-RTX ignores timing caches; --timing-cache {cache_path} is left untouched")
@@ -84,16 +84,16 @@ def build_engines(
         onnx_path = folder / component.file
         _say(
             stream,
-            f"building {component.name}: {onnx_path} -> {engine_dir}/ ({trt_backend.name} {trt_backend.version}, "
+            f"building {component.name}: {onnx_path} -> {engine_dir}/ ({flavour.name} {flavour.version}, "
             f"target {target.name}, {manifest.precision})",
         )
         start = time.perf_counter()
         plan, cache_bytes = _build_one(
-            trt_backend, target, component, onnx_path, cache_bytes, progress=progress, verbose=verbose, stream=stream
+            flavour, target, component, onnx_path, cache_bytes, progress=progress, verbose=verbose, stream=stream
         )
         seconds = time.perf_counter() - start
         infos[component.name] = _write_engine(
-            engine_dir, plan, component, manifest, manifest_sha, folder, trt_backend, target, seconds
+            engine_dir, plan, component, manifest, manifest_sha, folder, flavour, target, seconds
         )
         _say(stream, f"  {component.name}: {infos[component.name].plan_bytes / 1e6:.1f} MB plan in {seconds:.1f} s")
     if cache_path is not None and cache_bytes is not None:
@@ -124,7 +124,7 @@ def _say(stream: IO[str], message: str) -> None:
 
 
 def _build_one(
-    backend: Backend,
+    flavour: TensorRTFlavour,
     target: BuildTarget,
     component: Component,
     onnx_path: Path,
@@ -135,7 +135,7 @@ def _build_one(
     stream: IO[str],
 ) -> tuple[memoryview, bytes | None]:
     """Parse, configure and build one component; return the plan bytes and the updated timing cache."""
-    trt = backend.trt
+    trt = flavour.trt
     logger = _make_logger(trt, verbose, stream)
     builder = trt.Builder(logger)
     flags = 0
@@ -147,7 +147,7 @@ def _build_one(
     if not parser.parse_from_file(str(onnx_path)):
         errors = [_format_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EngineBuildError(
-            f"{backend.name} {backend.version} cannot parse {onnx_path}:\n  " + "\n  ".join(errors or logger.errors)
+            f"{flavour.name} {flavour.version} cannot parse {onnx_path}:\n  " + "\n  ".join(errors or logger.errors)
         )
     _check_io_names(network, component, onnx_path)
 
@@ -172,12 +172,12 @@ def _build_one(
     if serialized is None:
         detail = "\n  ".join(logger.errors[-_MAX_LOGGED_ERRORS:]) or "no error message from the builder"
         raise EngineBuildError(
-            f"{backend.name} {backend.version} failed to build {component.name} from {onnx_path} "
+            f"{flavour.name} {flavour.version} failed to build {component.name} from {onnx_path} "
             f"(target {target.name}):\n  {detail}"
         )
     plan = memoryview(serialized).cast("B")  # no copy: plans of full-size models are hundreds of MB
     if not plan.nbytes:
-        raise EngineBuildError(f"{backend.name} returned an empty plan for {component.name}")
+        raise EngineBuildError(f"{flavour.name} returned an empty plan for {component.name}")
     new_cache = None
     if cache is not None:
         new_cache = bytes(memoryview(config.get_timing_cache().serialize()))
@@ -265,46 +265,42 @@ def _write_engine(
     manifest: Manifest,
     manifest_sha: str,
     folder: Path,
-    backend: Backend,
+    flavour: TensorRTFlavour,
     target: BuildTarget,
     seconds: float,
 ) -> EngineInfo:
     """Plan first, sidecar last, both atomic: a sidecar only ever describes a complete plan."""
     plan_path = engine_dir / f"{component.name}{PLAN_SUFFIX}"
-    sidecar_path = engine_dir / f"{component.name}.json"
+    sidecar_path = engine_dir / f"{component.name}{SIDECAR_SUFFIX}"
     sidecar_path.unlink(missing_ok=True)  # a stale sidecar must not describe the new plan
     atomic_write(plan_path, lambda tmp: Path(tmp).write_bytes(plan))
-    data = {
-        "format": SIDECAR_FORMAT,
-        "version": SIDECAR_VERSION,
-        "component": component.name,
-        "plan": plan_path.name,
-        "plan_sha256": hashlib.sha256(plan).hexdigest(),
-        "plan_bytes": plan.nbytes,
-        "onnx": {"file": component.file, "sha256": component.files[component.file], "files": component.files},
-        "source_dir": str(folder.resolve()),
-        "manifest": {
-            "variant": manifest.variant,
-            "kind": manifest.kind,
-            "precision": manifest.precision,
-            "checkpoint": manifest.checkpoint,
-            "sha256": manifest_sha,
-        },
-        "precision": manifest.precision,
-        "strongly_typed": True,
-        "backend": backend.name,
-        "backend_version": backend.version,
-        "target": target.name,
-        "compute_capabilities": [_cc_text(m) for m in target.compute_capabilities],
-        "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in component.inputs],
-        "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in component.outputs],
-        "profiles": {
-            name: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for name, p in component.profiles.items()
-        },
-        "build_seconds": round(seconds, 3),
-        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": f"{platform.system()} {platform.machine()}, python {platform.python_version()}",
-    }
+    info = EngineInfo(
+        component=component.name,
+        plan_path=plan_path,
+        plan_sha256=hashlib.sha256(plan).hexdigest(),
+        plan_bytes=plan.nbytes,
+        onnx_file=component.file,
+        onnx_sha256=component.files[component.file],
+        onnx_files=component.files,
+        source_dir=str(folder.resolve()),
+        variant=manifest.variant,
+        kind=manifest.kind,
+        precision=manifest.precision,
+        manifest_checkpoint=manifest.checkpoint,
+        manifest_sha256=manifest_sha,
+        strongly_typed=True,
+        backend=flavour.name,
+        backend_version=flavour.version,
+        target=target.name,
+        compute_capabilities=tuple(_cc_text(m) for m in target.compute_capabilities),
+        inputs=component.inputs,
+        outputs=component.outputs,
+        profiles=component.profiles,
+        build_seconds=round(seconds, 3),
+        built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        host=f"{platform.system()} {platform.machine()}, python {platform.python_version()}",
+    )
+    data = info.to_dict()
     write_json(sidecar_path, data)
     return EngineInfo.from_dict(data, engine_dir)
 

@@ -1,25 +1,44 @@
-"""Backends, build targets and errors shared by the engine builder, the sidecar reader and the script writer.
+"""Flavours, build targets and errors shared by the engine builder, the sidecar reader and the script writer.
 
-Two backends drive the same build code: full TensorRT (``import tensorrt``; builds for the GPU it runs
-on) and TensorRT-RTX (``import tensorrt_rtx``; builds ahead of time, without a GPU, for a set of RTX
-compute capabilities). Both are imported lazily so that the rest of dcae_deploy works without them.
+Two TensorRT flavours drive the same build code: full TensorRT (``import tensorrt``; builds for the GPU it
+runs on) and TensorRT-RTX (``import tensorrt_rtx``; builds ahead of time, without a GPU, for a set of RTX
+compute capabilities). Both are imported lazily, through :func:`dcae_deploy.tensorrt_support.import_flavour`
+(shared with the runtime), so that the rest of dcae_deploy works without them.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from types import ModuleType
 
 from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.tensorrt_support import (
+    FLAVOURS,
+    TENSORRT,
+    TENSORRT_RTX,
+    EngineInfoError,
+    TensorRTFlavour,
+    TensorRTUnavailable,
+    import_flavour,
+)
 
-TENSORRT = "tensorrt"
-TENSORRT_RTX = "tensorrt-rtx"
-BACKENDS = (TENSORRT, TENSORRT_RTX)
-_MODULES = {TENSORRT: "tensorrt", TENSORRT_RTX: "tensorrt_rtx"}
+__all__ = [
+    "FLAVOURS",
+    "PORTABLE_TARGET",
+    "TENSORRT",
+    "TENSORRT_RTX",
+    "BuildTarget",
+    "EngineBuildError",
+    "EngineInfoError",
+    "TensorRTFlavour",
+    "detect_gpu_target",
+    "engine_folder_name",
+    "load_flavour",
+    "resolve_target",
+]
+
 INSTALL_HINT = (
     "install TensorRT-RTX with `pip install tensorrt-rtx-cu13==1.7.1.116` (Linux/Windows; builds engines "
     "without a GPU), or full TensorRT from NVIDIA's package index (`pip install tensorrt`, builds on a GPU)"
@@ -31,43 +50,17 @@ PORTABLE_TARGET = "sm86+"
 
 
 class EngineBuildError(DcaeDeployError):
-    """An engine that cannot be built: no backend, a graph the parser rejects, a bad profile or target."""
+    """An engine that cannot be built: no flavour, a graph the parser rejects, a bad profile or target."""
 
 
-class EngineInfoError(DcaeDeployError):
-    """An engine folder whose sidecars or plans are missing, malformed or changed after the build."""
-
-
-@dataclass(frozen=True)
-class Backend:
-    """An imported TensorRT flavour: ``name`` is one of :data:`BACKENDS`, ``trt`` the Python module."""
-
-    name: str
-    trt: ModuleType
-    version: str
-
-    @property
-    def is_rtx(self) -> bool:
-        return self.name == TENSORRT_RTX
-
-
-def load_backend(name: str | None = None) -> Backend:
+def load_flavour(name: str | None = None) -> TensorRTFlavour:
     """Import ``tensorrt`` or ``tensorrt_rtx``; ``None``/``"auto"`` prefers full TensorRT when both exist."""
-    if name in (None, "auto"):
-        candidates = list(BACKENDS)
-    elif name in BACKENDS:
-        candidates = [name]
-    else:
-        raise EngineBuildError(f"unknown backend {name!r}: choose one of auto, {', '.join(BACKENDS)}")
-    failures = []
-    for candidate in candidates:
-        try:
-            module = importlib.import_module(_MODULES[candidate])
-        except ImportError as exc:  # also OSError-like failures of the native libs surface as ImportError
-            failures.append(f"`import {_MODULES[candidate]}` failed ({exc})")
-            continue
-        return Backend(candidate, module, str(getattr(module, "__version__", "unknown")))
-    raise EngineBuildError(f"no TensorRT backend available: {'; '.join(failures)}. To build engines, {INSTALL_HINT}")
+    if name not in (None, "auto", *FLAVOURS):
+        raise EngineBuildError(f"unknown backend {name!r}: choose one of auto, {', '.join(FLAVOURS)}")
+    try:
+        return import_flavour(None if name == "auto" else name)
+    except TensorRTUnavailable as exc:
+        raise EngineBuildError(f"no TensorRT backend available: {exc}. To build engines, {INSTALL_HINT}") from exc
 
 
 @dataclass(frozen=True)
@@ -76,7 +69,7 @@ class BuildTarget:
 
     ``name`` goes into the engine folder name. ``compute_capabilities`` lists the TensorRT-RTX
     ``ComputeCapability`` members to set (``("SM86", "SM89")``, ``("CURRENT",)``); empty means the
-    backend's default (TensorRT-RTX: portable to 8.6+; TensorRT: the GPU the build runs on).
+    flavour's default (TensorRT-RTX: portable to 8.6+; TensorRT: the GPU the build runs on).
     """
 
     name: str
@@ -105,15 +98,15 @@ def _cc_label(member: str) -> str:
     return f"{digits[:-1]}.{digits[-1]}"
 
 
-def resolve_target(backend: Backend, spec: str | None = None) -> BuildTarget:
-    """Turn a ``--compute-capability`` value into a :class:`BuildTarget` for ``backend``.
+def resolve_target(flavour: TensorRTFlavour, spec: str | None = None) -> BuildTarget:
+    """Turn a ``--compute-capability`` value into a :class:`BuildTarget` for ``flavour``.
 
     TensorRT-RTX: ``None``/``"portable"`` -> the library default (8.6 and later, no GPU needed);
     ``"current"`` -> the GPU of this machine; ``"8.6,8.9,12.0"`` -> exactly those architectures.
     Full TensorRT always builds for the GPU it runs on, so it accepts only ``None``/``"current"``.
     """
     spec = spec.strip().lower() if spec else None
-    if not backend.is_rtx:
+    if not flavour.is_rtx:
         if spec not in (None, "current"):
             raise EngineBuildError(
                 f"--compute-capability {spec!r} needs TensorRT-RTX: full TensorRT builds for the GPU it runs on "
@@ -124,13 +117,13 @@ def resolve_target(backend: Backend, spec: str | None = None) -> BuildTarget:
         return BuildTarget(PORTABLE_TARGET)
     if spec == "current":
         return BuildTarget(detect_gpu_target() or "current", ("CURRENT",))
-    supported = [m for m in backend.trt.ComputeCapability.__members__ if m.startswith("SM")]
+    supported = [m for m in flavour.trt.ComputeCapability.__members__ if m.startswith("SM")]
     chosen: list[str] = []
     for token in spec.split(","):
         member = _normalise_cc(token)
         if member not in supported:
             raise EngineBuildError(
-                f"compute capability {token.strip()!r} is not a TensorRT-RTX {backend.version} target; it supports "
+                f"compute capability {token.strip()!r} is not a TensorRT-RTX {flavour.version} target; it supports "
                 f"{', '.join(_cc_label(m) for m in supported)} (RTX GPUs), 'current' (this machine's GPU) "
                 f"or 'portable' (the default: {PORTABLE_TARGET})"
             )
@@ -166,6 +159,6 @@ def detect_gpu_target() -> str | None:
     return f"sm{out[0].replace('.', '')}" if out and re.fullmatch(r"\d+\.\d", out[0]) else None
 
 
-def engine_folder_name(backend: Backend, target: BuildTarget, precision: str) -> str:
-    """``tensorrt-rtx-1.7.1.116-sm86+-fp16``: backend, its version, GPU target, precision."""
-    return f"{backend.name}-{backend.version}-{target.name}-{precision}"
+def engine_folder_name(flavour: TensorRTFlavour, target: BuildTarget, precision: str) -> str:
+    """``tensorrt-rtx-1.7.1.116-sm86+-fp16``: flavour, its version, GPU target, precision."""
+    return f"{flavour.name}-{flavour.version}-{target.name}-{precision}"

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.specs import OPSET
 
-OPSET = 22  # bf16 Conv needs opset 22 (earlier opsets type-restrict Conv to fp16/fp32/fp64)
 _PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave room for the graph itself
 
 

@@ -12,7 +12,7 @@ Design choices for deployment:
 
 State-dict names follow diffusers' ``AutoencoderDC`` except inside the attention, where the three q/k/v
 linears are one 1x1 convolution ``to_qkv`` and ``to_out`` is a 1x1 convolution (no layout transposes).
-Checkpoint conversion lives in :mod:`dcae_deploy.models.autoencoder_checkpoints`.
+Checkpoint conversion lives in :mod:`dcae_deploy.models.autoencoder_io`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcae_deploy.errors import InputShapeError
-from dcae_deploy.variants import AutoencoderConfig, DecoderConfig, EncoderConfig, get_variant
+from dcae_deploy.manifest import SPLIT_DECODER
+from dcae_deploy.models.autoencoder_family import AutoencoderConfig, DecoderConfig, EncoderConfig
+from dcae_deploy.registry import get_variant
+from dcae_deploy.specs import ComponentSpec, MethodGraph, Resolution, SpecContext, TensorSpec, Wrapped, spatial_dims, spatial_points
 
 # ---------------------------------------------------------------------------------------------
 # Layers
@@ -396,3 +399,93 @@ def build_autoencoder(variant: str | AutoencoderConfig, *, device: torch.device 
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = DCAE(config)
     return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Export specs and PyTorch calls of the family's components (named in models/autoencoder_family.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def autoencoder_spec(name: str, ae_config, res: Resolution) -> ComponentSpec:
+    """``encoder`` (image -> latent) or ``decoder`` (latent -> image) of a DC-AE config."""
+    f = ae_config.spatial_compression_ratio
+    image = TensorSpec("image", ("batch", ae_config.in_channels, "height", "width"), sample="uniform")
+    latent = TensorSpec(
+        "latent",
+        ("batch", ae_config.latent_channels, "latent_height", "latent_width"),
+        scale=1.0 / ae_config.scaling_factor,  # raw-scale latents: unit variance after scaling
+    )
+    dims = {"batch": (1, 1, res.max_batch), **spatial_dims(res, f)}
+    points = tuple(
+        {"batch": b, **p} for (b, _, _), p in zip(res.parity_shapes(), spatial_points(res, f))
+    )
+    if name == "encoder":
+        return ComponentSpec(
+            "encoder", (image,), (latent,), dims, points, lambda parts: Wrapped(parts.autoencoder.encoder),
+            derived={"height": ("latent_height", f), "width": ("latent_width", f)},
+        )
+    return ComponentSpec(
+        "decoder", (latent,), (image,), dims, points, lambda parts: Wrapped(parts.autoencoder.decoder),
+        image_output=True,
+    )
+
+
+def decoder_split_spec(name: str, ae_config, decoder: nn.Module, res: Resolution) -> ComponentSpec:
+    """The decoder in two graphs, for exact tiled decoding (``dcae_deploy.runtime.tiling``):
+    ``decoder_global`` (latent -> features: the low-resolution stages with global linear attention, run on
+    the whole latent) and ``decoder_local`` (features -> image: the high-resolution stages, only
+    convolutions and per-pixel norms, run tile by tile). Features are ``decoder.local_ratio`` times
+    coarser than the image."""
+    f, r = ae_config.spatial_compression_ratio, decoder.local_ratio
+    latent = TensorSpec(
+        "latent", ("batch", ae_config.latent_channels, "latent_height", "latent_width"), scale=1.0 / ae_config.scaling_factor
+    )
+    features = TensorSpec("features", ("batch", decoder.global_width, "feature_height", "feature_width"))
+    image = TensorSpec("image", ("batch", ae_config.in_channels, "height", "width"), sample="uniform")
+    feat = (res.min_res // r, res.opt_res // r, res.max_res // r)
+    dims = {"batch": (1, 1, res.max_batch), **spatial_dims(res, f), "feature_height": feat, "feature_width": feat}
+    points = tuple(
+        {"batch": b, **p, "feature_height": p["height"] // r, "feature_width": p["width"] // r}
+        for (b, _, _), p in zip(res.parity_shapes(), spatial_points(res, f))
+    )
+    if name == SPLIT_DECODER[0]:
+        return ComponentSpec(name, (latent,), (features,), dims, points,
+                             lambda parts: MethodGraph(parts.autoencoder.decoder, "decode_global"))
+    return ComponentSpec(name, (features,), (image,), dims, points,
+                         lambda parts: MethodGraph(parts.autoencoder.decoder, "decode_local"), image_output=True)
+
+
+def encoder_spec(context: SpecContext) -> ComponentSpec:
+    return autoencoder_spec("encoder", context.config, context.res)
+
+
+def decoder_spec(context: SpecContext) -> ComponentSpec:
+    return autoencoder_spec("decoder", context.config, context.res)
+
+
+def decoder_global_spec(context: SpecContext) -> ComponentSpec:
+    return decoder_split_spec(SPLIT_DECODER[0], context.config, context.module("autoencoder").decoder, context.res)
+
+
+def decoder_local_spec(context: SpecContext) -> ComponentSpec:
+    return decoder_split_spec(SPLIT_DECODER[1], context.config, context.module("autoencoder").decoder, context.res)
+
+
+def encoder_call(ae: DCAE):
+    m = ae.encoder
+    return m, lambda x: m(x["image"])
+
+
+def decoder_call(ae: DCAE):
+    m = ae.decoder
+    return m, lambda x: m(x["latent"])
+
+
+def decoder_global_call(ae: DCAE):
+    m = ae.decoder
+    return m, lambda x: m.decode_global(x["latent"])
+
+
+def decoder_local_call(ae: DCAE):
+    m = ae.decoder
+    return m, lambda x: m.decode_local(x["features"])

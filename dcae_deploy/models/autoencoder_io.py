@@ -25,7 +25,8 @@ from torch import nn
 from dcae_deploy.checkpoints import describe_key_mismatch, read_json, read_state_dict, write_json, write_safetensors
 from dcae_deploy.errors import CheckpointError, UnknownVariantError
 from dcae_deploy.models.autoencoder import DCAE, DownBlock, EfficientViTBlock, ResBlock, UpBlock, build_autoencoder
-from dcae_deploy.variants import AutoencoderConfig, get_variant, list_variants
+from dcae_deploy.models.autoencoder_family import AutoencoderConfig
+from dcae_deploy.registry import get_variant, list_variants
 
 FORMAT_TAG = "dcae_deploy.autoencoder"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -51,21 +52,6 @@ def from_diffusers_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch
             continue
         elif key.endswith(".attn.to_out.weight") and value.ndim == 2:
             out[key] = value[:, :, None, None]
-        else:
-            out[key] = value
-    return out
-
-
-def to_diffusers_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Ours -> diffusers ``AutoencoderDC`` names (inverse of :func:`from_diffusers_state_dict`)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.endswith(".attn.to_qkv.weight"):
-            prefix = key[: -len("to_qkv.weight")]
-            for name, part in zip("qkv", value[:, :, 0, 0].chunk(3, dim=0)):
-                out[f"{prefix}to_{name}.weight"] = part.contiguous()
-        elif key.endswith(".attn.to_out.weight"):
-            out[key] = value[:, :, 0, 0]
         else:
             out[key] = value
     return out

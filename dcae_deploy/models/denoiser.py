@@ -24,7 +24,9 @@ from torch import nn
 
 from dcae_deploy.checkpoints import describe_key_mismatch, read_json, read_state_dict, write_json, write_safetensors
 from dcae_deploy.errors import CheckpointError, InputShapeError
-from dcae_deploy.variants import DenoiserConfig, get_variant
+from dcae_deploy.models.denoiser_family import DenoiserConfig
+from dcae_deploy.registry import get_variant
+from dcae_deploy.specs import ComponentSpec, Resolution, SpecContext, TensorSpec, spatial_dims, spatial_points
 
 __all__ = ["SanaDenoiser", "build_denoiser", "check_inputs", "load_denoiser", "save_denoiser", "timestep_sinusoid"]
 
@@ -422,3 +424,53 @@ def _check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
             + "; ".join(wrong[:8])
             + more
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Export spec and PyTorch call of the family's component (named in models/denoiser_family.py)
+# ---------------------------------------------------------------------------------------------
+
+SANA_CAPTION_TOKENS = 300  # caption length of a bare SANA denoiser export (SanaPipeline's max_sequence_length)
+
+
+class DenoiserGraph(nn.Module):
+    """``forward(latent, timestep, encoder_hidden_states, encoder_attention_mask)`` -> velocity."""
+
+    def __init__(self, denoiser: nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, latent, timestep, encoder_hidden_states, encoder_attention_mask):
+        return self.denoiser(latent, timestep, encoder_hidden_states, encoder_attention_mask)
+
+
+def sana_denoiser_spec(den_config, res: Resolution, ratio: int, caption_tokens: int) -> ComponentSpec:
+    """SANA denoiser: (latent, timestep, caption states, caption mask) -> velocity; batch up to 2 * max_batch."""
+    c = den_config.in_channels
+    latent_shape = ("batch", c, "latent_height", "latent_width")
+    inputs = (
+        TensorSpec("latent", latent_shape),
+        TensorSpec("timestep", ("batch",), "float32", "timestep", 1000.0 * den_config.timestep_scale),
+        TensorSpec("encoder_hidden_states", ("batch", caption_tokens, den_config.caption_channels)),
+        TensorSpec("encoder_attention_mask", ("batch", caption_tokens), "int64", "mask"),
+    )
+    outputs = (TensorSpec("velocity", ("batch", den_config.out_channels, "latent_height", "latent_width")),)
+    dims = {"batch": (1, 2, 2 * res.max_batch), **spatial_dims(res, ratio)}
+    dims = {k: v for k, v in dims.items() if k in ("batch", "latent_height", "latent_width")}
+    points = tuple(
+        {"batch": b, "latent_height": p["latent_height"], "latent_width": p["latent_width"]}
+        for b, p in zip((2, 1), spatial_points(res, ratio))
+    )
+    return ComponentSpec("denoiser", inputs, outputs, dims, points, lambda parts: DenoiserGraph(parts.denoiser))
+
+
+def denoiser_spec(context: SpecContext) -> ComponentSpec:
+    """The denoiser graph; captions as long as the pipeline's text encoder output (a bare export: SANA's 300)."""
+    text_encoder = context.configs.get("text_encoder")
+    tokens = text_encoder.max_length if text_encoder is not None else SANA_CAPTION_TOKENS
+    return sana_denoiser_spec(context.config, context.res, context.ratio, tokens)
+
+
+def denoiser_call(denoiser: SanaDenoiser):
+    return denoiser, lambda x: denoiser(x["latent"], x["timestep"], x["encoder_hidden_states"],
+                                        x["encoder_attention_mask"].to(x["encoder_hidden_states"].dtype))

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from dcae_deploy.errors import CheckpointError
-from dcae_deploy.variants import TextEncoderConfig
+from dcae_deploy.models.text_encoder_family import TextEncoderConfig
 
 __all__ = ["GemmaTextEncoder", "build_gemma", "encode_prompts", "gemma2_config", "load_gemma", "save_gemma"]
 

@@ -23,7 +23,9 @@ from torch import nn
 
 from dcae_deploy.checkpoints import write_json
 from dcae_deploy.errors import CheckpointError
-from dcae_deploy.variants import PipelineConfig, get_variant
+from dcae_deploy.family import family_of, is_composite
+from dcae_deploy.models.pipeline_config import PipelineConfig
+from dcae_deploy.registry import get_variant
 
 PIPELINE_FILE = "pipeline.json"
 SUBFOLDERS = {"autoencoder": "vae", "denoiser": "transformer", "text_encoder": "text_encoder", "tokenizer": "tokenizer"}
@@ -34,9 +36,10 @@ PARTS = ("autoencoder", "denoiser", "text_encoder")  # the tokenizer comes with 
 
 @dataclass
 class PipelineModels:
-    """The PyTorch parts of a text-to-image model (all in eval mode); a part not asked for is None."""
+    """The PyTorch parts of a variant, one attribute per role (all in eval mode); a part not asked for, or
+    that the variant does not have, is None. ``config`` is the pipeline's (or a bare family variant's) config."""
 
-    config: PipelineConfig
+    config: Any  # PipelineConfig, or the config of a bare family variant (build_parts / load_parts)
     autoencoder: nn.Module | None
     denoiser: nn.Module | None
     text_encoder: nn.Module | None
@@ -51,28 +54,26 @@ def _check_parts(parts) -> tuple[str, ...]:
     return parts
 
 
+def _part_tokenizer(config, folder: Path | None):
+    """The tokenizer of a part that reads text (None for the others): saved in ``folder``, else built in."""
+    return family_of(config).load_tokenizer(config, folder)
+
+
 def build_pipeline(variant: str | PipelineConfig, seed: int = 0, parts=None) -> PipelineModels:
     """Randomly initialised parts of a registered pipeline (for structure and parity checks).
 
     Each part is drawn from its own seed (``seed``, ``seed + 1``, ``seed + 2`` in :data:`PARTS` order), so a
     subset (``parts``) has the same weights as in the full build.
     """
-    from dcae_deploy.models.autoencoder import build_autoencoder
-    from dcae_deploy.models.denoiser import build_denoiser
-    from dcae_deploy.models.text_encoder import build_text_encoder, default_tokenizer
-
     config = get_variant(variant, kind="pipeline") if isinstance(variant, str) else variant
     wanted, configs = _check_parts(parts), config.parts()
-    builders = {"autoencoder": build_autoencoder, "denoiser": build_denoiser, "text_encoder": build_text_encoder}
     built = {}
     for offset, part in enumerate(PARTS):
         if part in wanted:
             torch.manual_seed(seed + offset)
-            built[part] = builders[part](configs[part]).eval()
-    with_text = "text_encoder" in wanted
-    return PipelineModels(config=config, autoencoder=built.get("autoencoder"), denoiser=built.get("denoiser"),
-                          text_encoder=built.get("text_encoder"),
-                          tokenizer=default_tokenizer(configs["text_encoder"]) if with_text else None)
+            built[part] = family_of(configs[part]).build_module(configs[part]).eval()
+    tokenizer = _part_tokenizer(configs["text_encoder"], None) if "text_encoder" in wanted else None
+    return PipelineModels(config=config, tokenizer=tokenizer, **_by_role(built))
 
 
 def load_pipeline(folder: str | Path, variant: str | None = None, parts=None) -> PipelineModels:
@@ -81,10 +82,6 @@ def load_pipeline(folder: str | Path, variant: str | None = None, parts=None) ->
     Raises:
         CheckpointError: not a pipeline folder, a part missing, or weights that do not fit the variant.
     """
-    from dcae_deploy.models.autoencoder_io import load_autoencoder
-    from dcae_deploy.models.denoiser import load_denoiser
-    from dcae_deploy.models.text_encoder import load_text_encoder, load_tokenizer
-
     folder = Path(folder)
     config = _pipeline_config(folder, variant)
     wanted, configs = _check_parts(parts), config.parts()
@@ -92,36 +89,51 @@ def load_pipeline(folder: str | Path, variant: str | None = None, parts=None) ->
     for sub in subfolders:
         if not (folder / sub).exists():
             raise CheckpointError(f"pipeline folder {folder} has no {sub}/ (part of {config.name})")
-    loaders = {  # weights may be stored in fp16 (the shipped demo); compute in fp32
-        "autoencoder": lambda: load_autoencoder(folder / "vae", configs["autoencoder"].name),
-        "denoiser": lambda: load_denoiser(folder / "transformer", configs["denoiser"].name),
-        "text_encoder": lambda: load_text_encoder(folder / "text_encoder", configs["text_encoder"].name),
-    }
-    loaded = {p: loaders[p]().float().eval() for p in wanted}
-    return PipelineModels(
-        config=config, autoencoder=loaded.get("autoencoder"), denoiser=loaded.get("denoiser"),
-        text_encoder=loaded.get("text_encoder"),
-        tokenizer=load_tokenizer(folder / "tokenizer", configs["text_encoder"]) if "text_encoder" in wanted else None,
-    )
+    # weights may be stored in fp16 (the shipped demo); compute in fp32
+    loaded = {p: family_of(configs[p]).load_module(folder / SUBFOLDERS[p], configs[p].name).float().eval()
+              for p in wanted}
+    tokenizer = _part_tokenizer(configs["text_encoder"], folder / "tokenizer") if "text_encoder" in wanted else None
+    return PipelineModels(config=config, tokenizer=tokenizer, **_by_role(loaded))
 
 
 def save_pipeline(models: PipelineModels, folder: str | Path) -> Path:
     """Write a pipeline folder that :func:`load_pipeline` reads (each file atomically)."""
-    from dcae_deploy.models.autoencoder_io import save_autoencoder
-    from dcae_deploy.models.denoiser import save_denoiser
-    from dcae_deploy.models.text_encoder import save_text_encoder
-
     folder = Path(folder)
-    save_autoencoder(models.autoencoder, folder / "vae")
-    save_denoiser(models.denoiser, folder / "transformer")
-    save_text_encoder(models.text_encoder, folder / "text_encoder")
+    for role in PARTS:
+        module = getattr(models, role)
+        family_of(module.config).save_module(module, folder / SUBFOLDERS[role])
     models.tokenizer.save(folder / "tokenizer")
     write_json(folder / PIPELINE_FILE, {"variant": models.config.name})
     return folder
 
 
-def is_pipeline_folder(path: str | Path) -> bool:
-    return (Path(path) / PIPELINE_FILE).is_file()
+def _by_role(modules: dict[str, nn.Module]) -> dict[str, nn.Module | None]:
+    return {role: modules.get(role) for role in PARTS}
+
+
+# --- any variant: a bare family variant is a pipeline of one part ----------------------------------
+
+
+def build_parts(config, seed: int = 0, roles=None) -> PipelineModels:
+    """Random weights for the parts ``roles`` (default: all) of any variant: a pipeline's
+    (:func:`build_pipeline`) or a bare family variant's single part (drawn from ``seed``)."""
+    if is_composite(config):
+        return build_pipeline(config, seed=seed, parts=roles)
+    torch.manual_seed(seed)
+    module = family_of(config).build_module(config).eval()
+    return PipelineModels(config=config, tokenizer=_part_tokenizer(config, None),
+                          **_by_role({family_of(config).role: module}))
+
+
+def load_parts(config, checkpoint: str | Path, roles=None) -> PipelineModels:
+    """Load the parts ``roles`` of any variant from local files: a pipeline folder (:func:`load_pipeline`)
+    or one part's checkpoint in any layout its family reads (a text encoder's tokenizer beside it)."""
+    if is_composite(config):
+        return load_pipeline(checkpoint, config.name, parts=roles)
+    family = family_of(config)
+    module = family.load_module(checkpoint, config.name).eval()
+    tokenizer = _part_tokenizer(config, Path(checkpoint))
+    return PipelineModels(config=config, tokenizer=tokenizer, **_by_role({family.role: module}))
 
 
 def _pipeline_config(folder: Path, variant: str | None) -> PipelineConfig:

@@ -20,7 +20,9 @@ from torch import nn
 from dcae_deploy.checkpoints import read_state_dict, write_json, write_safetensors
 from dcae_deploy.errors import CheckpointError
 from dcae_deploy.tokenizer import WordTokenizer
-from dcae_deploy.variants import TextEncoderConfig, get_variant
+from dcae_deploy.models.text_encoder_family import TextEncoderConfig
+from dcae_deploy.registry import get_variant
+from dcae_deploy.specs import ComponentSpec, Resolution, SpecContext, TensorSpec
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -99,7 +101,7 @@ class WordTextEncoder(nn.Module):
 
 
 @dataclass(frozen=True)
-class TextEncoderFamily:
+class TextEncoderImplementation:
     """How to build, load and save one family of text encoders and its tokenizer."""
 
     build: Callable[[TextEncoderConfig], nn.Module]
@@ -109,15 +111,15 @@ class TextEncoderFamily:
     load_tokenizer: Callable[[Path, TextEncoderConfig], Any]
 
 
-FAMILIES: dict[str, TextEncoderFamily] = {}
+IMPLEMENTATIONS: dict[str, TextEncoderImplementation] = {}
 
 
-def _family(config: TextEncoderConfig) -> TextEncoderFamily:
-    if config.family not in FAMILIES:
+def _implementation(config: TextEncoderConfig) -> TextEncoderImplementation:
+    if config.family not in IMPLEMENTATIONS:
         raise NotImplementedError(
-            f"text encoder family {config.family!r} of {config.name} is not available; known: {', '.join(FAMILIES)}"
+            f"text encoder family {config.family!r} of {config.name} is not available; known: {', '.join(IMPLEMENTATIONS)}"
         )
-    return FAMILIES[config.family]
+    return IMPLEMENTATIONS[config.family]
 
 
 def _config(config: TextEncoderConfig | str) -> TextEncoderConfig:
@@ -127,23 +129,42 @@ def _config(config: TextEncoderConfig | str) -> TextEncoderConfig:
 def build_text_encoder(config: TextEncoderConfig | str) -> nn.Module:
     """A randomly initialised text encoder of a registered variant (name) or config."""
     config = _config(config)
-    return _family(config).build(config)
+    return _implementation(config).build(config)
 
 
 def default_tokenizer(config: TextEncoderConfig | str):
     """The tokenizer a freshly built encoder of this variant uses (word family: the built-in vocabulary)."""
     config = _config(config)
-    return _family(config).default_tokenizer(config)
+    return _implementation(config).default_tokenizer(config)
 
 
 def load_tokenizer(folder: str | Path, config: TextEncoderConfig | str):
     config = _config(config)
-    return _family(config).load_tokenizer(Path(folder), config)
+    return _implementation(config).load_tokenizer(Path(folder), config)
+
+
+def tokenizer_for(config: TextEncoderConfig | str, folder: str | Path | None = None):
+    """The tokenizer saved with a text-encoder checkpoint ``folder`` (in it, in ``folder/tokenizer`` or in
+    ``../tokenizer``), or the variant's built-in one when ``folder`` is None or holds no tokenizer files."""
+    import sys
+
+    from dcae_deploy.tokenizer import TOKENIZER_FILES
+
+    config = _config(config)
+    if folder is None:
+        return default_tokenizer(config)
+    folder = Path(folder)
+    for candidate in (folder, folder / "tokenizer", folder.parent / "tokenizer"):
+        if any((candidate / name).is_file() for name in TOKENIZER_FILES):
+            return load_tokenizer(candidate, config)
+    print(f"[export] no tokenizer files next to {folder}; using the default tokenizer of {config.name}",
+          file=sys.stderr, flush=True)
+    return default_tokenizer(config)
 
 
 def save_text_encoder(model: nn.Module, folder: str | Path) -> Path:
     folder = Path(folder)
-    _family(model.config).save(model, folder)
+    _implementation(model.config).save(model, folder)
     return folder
 
 
@@ -153,7 +174,7 @@ def load_text_encoder(folder: str | Path, variant: TextEncoderConfig | str | Non
     if variant is None:
         return _load_word(folder, None)
     config = _config(variant)
-    return _family(config).load(folder, config)
+    return _implementation(config).load(folder, config)
 
 
 # --- word family -------------------------------------------------------------------------------
@@ -193,7 +214,7 @@ def _word_tokenizer(config: TextEncoderConfig) -> WordTokenizer:
     return tokenizer
 
 
-FAMILIES["word"] = TextEncoderFamily(
+IMPLEMENTATIONS["word"] = TextEncoderImplementation(
     build=WordTextEncoder,
     load=_load_word,
     save=_save_word,
@@ -218,11 +239,11 @@ def _gemma_default_tokenizer(config: TextEncoderConfig):
     return tiny_gemma_tokenizer(config.max_length)
 
 
-def _gemma_family() -> TextEncoderFamily:
+def _gemma_implementation() -> TextEncoderImplementation:
     from dcae_deploy.models import gemma
     from dcae_deploy.tokenizer import GemmaTokenizer
 
-    return TextEncoderFamily(
+    return TextEncoderImplementation(
         build=gemma.build_gemma,
         load=gemma.load_gemma,
         save=gemma.save_gemma,
@@ -231,4 +252,41 @@ def _gemma_family() -> TextEncoderFamily:
     )
 
 
-FAMILIES["gemma2"] = _gemma_family()
+IMPLEMENTATIONS["gemma2"] = _gemma_implementation()
+
+
+# ---------------------------------------------------------------------------------------------
+# Export spec and PyTorch call of the family's component (named in models/text_encoder_family.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def token_encoder_spec(te_config, res: Resolution, input_tokens: tuple[int, int], vocab_size: int) -> ComponentSpec:
+    """Token ids + mask (batch, tokens) -> caption states (batch, max_length, hidden).
+
+    ``input_tokens`` is the (shortest, longest) tokenised prompt: equal to ``max_length`` for the word
+    encoder; for Gemma-2 with SANA's instruction prefix the prompt is longer and the graph keeps BOS +
+    the last ``max_length - 1`` positions.
+    """
+    lo, hi = input_tokens
+    length = "tokens" if lo < hi else lo
+    inputs = (
+        TensorSpec("input_ids", ("batch", length), "int64", "ids", float(vocab_size)),
+        TensorSpec("attention_mask", ("batch", length), "int64", "mask"),
+    )
+    outputs = (TensorSpec("text_embeddings", ("batch", te_config.max_length, te_config.hidden_size)),)
+    dims = {"batch": (1, 1, 2 * res.max_batch)}
+    if lo < hi:
+        dims["tokens"] = (lo, hi, hi)
+    points = ({"batch": 1, "tokens": hi}, {"batch": min(2, 2 * res.max_batch), "tokens": lo})
+    points = tuple({k: v for k, v in p.items() if k in dims} for p in points)
+    return ComponentSpec("text_encoder", inputs, outputs, dims, points, lambda parts: parts.text_encoder)
+
+
+def text_encoder_spec(context: SpecContext) -> ComponentSpec:
+    config, tokenizer = context.config, context.tokenizer
+    lengths = getattr(tokenizer, "input_lengths", (config.max_length, config.max_length))
+    return token_encoder_spec(config, context.res, tuple(lengths), tokenizer.vocab_size)
+
+
+def text_encoder_call(encoder: nn.Module):
+    return encoder, lambda x: encoder(x["input_ids"], x["attention_mask"])

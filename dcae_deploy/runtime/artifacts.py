@@ -1,4 +1,4 @@
-"""An exported text-to-image folder as the runtime sees it: manifest + the ``pipeline`` block + profiles.
+"""An export folder as the runtime sees it: the manifest, its typed ``pipeline`` section, and the profiles.
 
 Only ``manifest.json`` and the files it names are read (no model registry, no torch), so a folder
 copied to a laptop runs with the deploy requirements alone (``runtime/requirements-runtime.txt``).
@@ -6,74 +6,23 @@ copied to a laptop runs with the deploy requirements alone (``runtime/requiremen
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from dcae_deploy.manifest import MANIFEST_FILE, Component, Manifest, ManifestError, read_manifest, verify_files
+from dcae_deploy.manifest import (
+    MANIFEST_FILE,
+    Component,
+    Manifest,
+    ManifestError,
+    PipelineSection,
+    read_manifest,
+    verify_files,
+)
 from dcae_deploy.runtime.errors import ArtifactsError
 
-REQUIRED_COMPONENTS = ("text_encoder", "denoiser", "decoder")
+#: conditioning -> the components a generation needs (the conditioning adapters are in runtime/generation.py)
+REQUIRED_COMPONENTS = {"text": ("text_encoder", "denoiser", "decoder")}
 EXPORT_HINT = "export one with `python -m dcae_deploy.export --model demo --checkpoint PIPELINE_FOLDER --output DIR`"
-
-
-@dataclass(frozen=True)
-class AutoencoderInfo:
-    scaling_factor: float
-    spatial_compression_ratio: int
-    latent_channels: int
-
-
-@dataclass(frozen=True)
-class DenoiserInfo:
-    timestep_scale: float
-    in_channels: int
-    caption_channels: int
-
-
-@dataclass(frozen=True)
-class TextEncoderInfo:
-    family: str
-    max_length: int
-    hidden_size: int
-    tokenizer: str  # path relative to the artifacts folder
-
-
-@dataclass(frozen=True)
-class Defaults:
-    height: int
-    width: int
-    steps: int
-    guidance_scale: float
-    flow_shift: float
-    sampler: str
-
-
-@dataclass(frozen=True)
-class PipelineInfo:
-    """The manifest's ``pipeline`` block: what the runtime needs and cannot read from the graphs."""
-
-    variant: str
-    autoencoder: AutoencoderInfo
-    denoiser: DenoiserInfo
-    text_encoder: TextEncoderInfo
-    defaults: Defaults
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PipelineInfo":
-        return cls(
-            variant=data["variant"],
-            autoencoder=_build(AutoencoderInfo, data["autoencoder"]),
-            denoiser=_build(DenoiserInfo, data["denoiser"]),
-            text_encoder=_build(TextEncoderInfo, data["text_encoder"]),
-            defaults=_build(Defaults, data["defaults"]),
-        )
-
-
-def _build(cls, data: dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -94,11 +43,12 @@ class SizeRange:
 
 @dataclass(frozen=True)
 class Artifacts:
-    """A verified export folder of kind ``pipeline``."""
+    """A verified export folder; ``pipeline`` is None for an export of a bare family variant (an autoencoder,
+    a denoiser, a text encoder), whose components :func:`dcae_deploy.runtime.open_component` runs one by one."""
 
     folder: Path
     manifest: Manifest
-    pipeline: PipelineInfo
+    pipeline: PipelineSection | None
 
     @property
     def precision(self) -> str:
@@ -136,8 +86,29 @@ class Artifacts:
         return SizeRange(min_side=lo, max_side=hi, max_batch=profile.max[0], step=ratio)
 
 
+def open_export(folder: str | Path, verify: bool = True) -> Artifacts:
+    """Read and check any export folder's manifest (a pipeline or a bare family variant).
+
+    Raises:
+        ArtifactsError: missing folder or manifest, an unreadable manifest.
+        ManifestError: with ``verify``, a file that changed after export.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ArtifactsError(f"artifacts folder {folder} does not exist: pass the folder an export wrote, or {EXPORT_HINT}")
+    if not (folder / MANIFEST_FILE).is_file():
+        raise ArtifactsError(f"{folder} has no {MANIFEST_FILE}: it is not an export folder; {EXPORT_HINT}")
+    try:
+        manifest = read_manifest(folder, verify=False)
+    except ManifestError as exc:
+        raise ArtifactsError(str(exc)) from exc
+    if verify:
+        verify_files(folder, manifest)  # ManifestError: a file changed after export
+    return Artifacts(folder.resolve(), manifest, manifest.pipeline)
+
+
 def load_artifacts(folder: str | Path, variant: str | None = None, verify: bool = True) -> Artifacts:
-    """Read and check ``folder/manifest.json`` for the runtime.
+    """Read and check ``folder/manifest.json`` of a pipeline export for generation.
 
     Args:
         folder: an export folder of a text-to-image pipeline.
@@ -147,18 +118,10 @@ def load_artifacts(folder: str | Path, variant: str | None = None, verify: bool 
     Raises:
         ArtifactsError: missing folder or manifest, not a pipeline export, another variant, missing component.
     """
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise ArtifactsError(f"artifacts folder {folder} does not exist: pass the folder an export wrote, or {EXPORT_HINT}")
+    artifacts = open_export(folder, verify=False)
+    folder, manifest, pipeline = artifacts.folder, artifacts.manifest, artifacts.pipeline
     path = folder / MANIFEST_FILE
-    if not path.is_file():
-        raise ArtifactsError(f"{folder} has no {MANIFEST_FILE}: it is not an export folder; {EXPORT_HINT}")
-    try:
-        manifest = read_manifest(folder, verify=False)
-    except ManifestError as exc:
-        raise ArtifactsError(str(exc)) from exc
-    pipeline = manifest.pipeline
-    if manifest.kind != "pipeline" or not isinstance(pipeline, dict):
+    if manifest.kind != "pipeline" or pipeline is None:
         raise ArtifactsError(
             f"{folder} holds a {manifest.kind!r} export of {manifest.variant!r}, not a text-to-image pipeline; {EXPORT_HINT}"
         )
@@ -167,16 +130,14 @@ def load_artifacts(folder: str | Path, variant: str | None = None, verify: bool 
             f"{folder} holds an export of {manifest.variant!r}, not of {variant!r}: pass the folder exported "
             f"from {variant!r}, or drop the variant to use {manifest.variant!r}"
         )
-    missing = [c for c in REQUIRED_COMPONENTS if c not in manifest.components]
+    if pipeline.conditioning not in REQUIRED_COMPONENTS:
+        raise ArtifactsError(f"{path}: conditioning {pipeline.conditioning!r} is not supported by this runtime "
+                             f"(it runs {', '.join(REQUIRED_COMPONENTS)}); update dcae_deploy")
+    missing = [c for c in REQUIRED_COMPONENTS[pipeline.conditioning] if c not in manifest.components]
     if missing:
         raise ArtifactsError(f"{folder} has no {', '.join(missing)} graph; re-export with all components")
-    try:
-        info = PipelineInfo.from_dict(pipeline)
-    except (KeyError, TypeError) as exc:
-        raise ArtifactsError(f"{path}: the pipeline block is incomplete ({exc!r}); re-export the folder") from exc
     if verify:
         verify_files(folder, manifest)
-    artifacts = Artifacts(folder.resolve(), manifest, info)
-    if not artifacts.tokenizer_path().is_file():
+    if pipeline.text_encoder is not None and not artifacts.tokenizer_path().is_file():
         raise ArtifactsError(f"{artifacts.tokenizer_path()} (the tokenizer named by {path}) is missing; re-export")
     return artifacts

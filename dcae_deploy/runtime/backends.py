@@ -1,8 +1,10 @@
-"""Backends: a factory of per-component runners over one artifacts folder.
+"""Backends: one table of name -> backend, each a factory of per-component runners over one export folder.
 
 ``open_backend("onnxruntime", artifacts)`` -> a backend whose ``runner("denoiser")`` gives a
-:class:`~dcae_deploy.runtime.runners.base.Runner`. Backends are imported on first use: choosing
-ONNX Runtime or TensorRT never imports torch.
+:class:`~dcae_deploy.runtime.runners.base.Runner`. :data:`BACKENDS` is the one list every command line
+(``generate``, ``evaluate``, ``parity``) and the benchmarks offer; a new backend is a runner module plus one
+``@register_backend`` class here. Runner modules are imported on first use: choosing ONNX Runtime or
+TensorRT never imports torch.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from pathlib import Path
 from dcae_deploy.runtime.artifacts import Artifacts
 from dcae_deploy.runtime.errors import BackendError
 from dcae_deploy.runtime.runners.base import Runner
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PLAN_SUFFIX = ".plan"  # as dcae_deploy.engines writes, and what trtexec --saveEngine is given
+from dcae_deploy.tensorrt_support import FLAVOURS, PLAN_SUFFIX, EngineInfoError, read_sidecar, sidecar_paths
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class BackendOptions:
 
 
 class Backend:
+    """Makes the runners of one export folder on one backend (subclasses set ``name`` and ``runner``)."""
+
     name = "?"
 
     def __init__(self, artifacts: Artifacts, options: BackendOptions) -> None:
@@ -47,6 +49,62 @@ class Backend:
         return component in self.artifacts.manifest.components
 
 
+BACKENDS: dict[str, type[Backend]] = {}
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Add a backend class to :data:`BACKENDS` under its ``name``."""
+    if cls.name in BACKENDS:
+        raise ValueError(f"backend {cls.name!r} is already registered")
+    BACKENDS[cls.name] = cls
+    return cls
+
+
+@register_backend
+class TorchBackend(Backend):
+    """PyTorch fp32 reference. Models load once, from ``options.checkpoint`` or the manifest's ``checkpoint``
+    (a pipeline folder, or a bare variant's checkpoint: ``load_parts``); an export made from random weights
+    (``checkpoint`` null) is rebuilt with ``build_parts(variant, seed=0)``, the exporter's seed."""
+
+    name = "torch"
+
+    def __init__(self, artifacts: Artifacts, options: BackendOptions, models=None) -> None:
+        super().__init__(artifacts, options)
+        self._models = models  # PipelineModels already in memory (dcae_deploy.runtime.eager), else loaded on demand
+
+    def models(self):
+        if self._models is None:
+            from dcae_deploy.models.pipeline import build_parts, load_parts
+            from dcae_deploy.registry import get_variant
+
+            checkpoint = self.options.checkpoint or self.artifacts.manifest.checkpoint
+            variant = self.artifacts.variant
+            config = get_variant(variant)
+            if checkpoint is None:
+                print(f"[runtime] the export of {variant} was made from random weights (checkpoint null): torch "
+                      f"rebuilds them with build_parts({variant!r}, seed=0)", file=sys.stderr)
+                self._models = build_parts(config, seed=0)
+            else:
+                if not Path(checkpoint).exists():
+                    raise BackendError(
+                        f"the torch backend needs the weights the export came from, {checkpoint}, which does not "
+                        "exist here: pass --checkpoint PIPELINE_FOLDER, or use --backend onnxruntime"
+                    )
+                self._models = load_parts(config, checkpoint)
+        return self._models
+
+    def runner(self, component: str) -> Runner:
+        from dcae_deploy.runtime.runners.torch import TorchRunner
+
+        device = self.options.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return TorchRunner(self.artifacts.component(component), self.models, device=device)
+
+
+@register_backend
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -58,6 +116,7 @@ class OnnxRuntimeBackend(Backend):
                                  device=self.options.device, threads=self.options.threads)
 
 
+@register_backend
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
@@ -75,53 +134,25 @@ class TensorRTBackend(Backend):
         return super().has(component) and (self.engine_dir / f"{component}{PLAN_SUFFIX}").is_file()
 
 
-class TorchBackend(Backend):
-    """PyTorch fp32 reference. Models load once, from ``options.checkpoint`` or the manifest's ``checkpoint``
-    (a pipeline folder, via ``load_pipeline``); an export made from random weights (``checkpoint`` null)
-    is rebuilt with ``build_pipeline(variant, seed=0)``, the exporter's seed."""
-
-    name = "torch"
-
-    def __init__(self, artifacts: Artifacts, options: BackendOptions, models=None) -> None:
-        super().__init__(artifacts, options)
-        self._models = models  # PipelineModels already in memory (dcae_deploy.runtime.eager), else loaded on demand
-
-    def models(self):
-        if self._models is None:
-            from dcae_deploy.models.pipeline import build_pipeline, load_pipeline
-
-            checkpoint = self.options.checkpoint or self.artifacts.manifest.checkpoint
-            variant = self.artifacts.variant
-            if checkpoint is None:
-                print(f"[runtime] the export of {variant} was made from random weights (checkpoint null): torch "
-                      f"rebuilds them with build_pipeline({variant!r}, seed=0)", file=sys.stderr)
-                self._models = build_pipeline(variant, seed=0)
-            else:
-                if not Path(checkpoint).exists():
-                    raise BackendError(
-                        f"the torch backend needs the weights the export came from, {checkpoint}, which does not "
-                        "exist here: pass --checkpoint PIPELINE_FOLDER, or use --backend onnxruntime"
-                    )
-                self._models = load_pipeline(checkpoint, variant=variant)
-        return self._models
-
-    def runner(self, component: str) -> Runner:
-        from dcae_deploy.runtime.runners.torch import TorchRunner
-
-        device = self.options.device
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return TorchRunner(self.artifacts.component(component), self.models, device=device)
-
-
 def open_backend(name: str, artifacts: Artifacts, options: BackendOptions | None = None) -> Backend:
-    options = options or BackendOptions()
-    classes = {"torch": TorchBackend, "onnxruntime": OnnxRuntimeBackend, "tensorrt": TensorRTBackend}
-    if name not in classes:
+    """The backend ``name`` of :data:`BACKENDS` over ``artifacts``."""
+    if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    return classes[name](artifacts, options)
+    return BACKENDS[name](artifacts, options or BackendOptions())
+
+
+def open_component(folder, component: str, backend: str = "onnxruntime",
+                   options: BackendOptions | None = None) -> Runner:
+    """A loaded runner of one exported component: ``open_component(EXPORT_DIR, "decoder").infer({"latent": z})``.
+
+    Works on any export folder (a pipeline or a bare family variant) and any backend of :data:`BACKENDS`;
+    close it (or use it as a context manager) to free its memory. This signature is stable.
+    """
+    from dcae_deploy.runtime.artifacts import open_export
+
+    artifacts = open_export(folder)
+    artifacts.component(component)  # a clear error for a component the export lacks
+    return open_backend(backend, artifacts, options).runner(component).load()
 
 
 def find_engine_dir(artifacts: Artifacts, engine_dir: str | Path | None) -> Path:
@@ -148,14 +179,12 @@ def find_engine_dir(artifacts: Artifacts, engine_dir: str | Path | None) -> Path
 
 
 def _sidecar_flavour(engine_dir: Path) -> str | None:
-    """The backend a sidecar records (``tensorrt``/``tensorrt-rtx``); None for bare trtexec plans."""
-    import json
-
-    for path in sorted(engine_dir.glob("*.json")):
+    """The flavour a sidecar records (``tensorrt``/``tensorrt-rtx``); None for bare trtexec plans."""
+    for path in sidecar_paths(engine_dir):
         try:
-            backend = json.loads(path.read_text()).get("backend")
-        except (OSError, ValueError, AttributeError):
+            flavour = read_sidecar(path, verify=False).backend
+        except EngineInfoError:
             continue
-        if backend in ("tensorrt", "tensorrt-rtx"):
-            return backend
+        if flavour in FLAVOURS:
+            return flavour
     return None

@@ -1,9 +1,10 @@
 """Flow-matching samplers for the runtime, on numpy arrays (no torch).
 
-The schedules and solver updates are those of :mod:`dcae_deploy.sampling`, which is written over
-Python-float coefficients times arrays and imports only numpy: the same code that the torch tests
-prove equal to diffusers drives float32 numpy arrays here (tests/runtime/test_schedulers.py checks
-numpy == torch to 1e-6). Classifier-free guidance batches both branches, negative first.
+The sampler names, schedules, solver updates and the integration loop are those of
+:mod:`dcae_deploy.sampling` (:data:`~dcae_deploy.sampling.SAMPLERS`, :func:`~dcae_deploy.sampling.flow_steps`),
+which is written over Python-float coefficients times arrays and imports only numpy: the same code that the
+torch tests prove equal to diffusers drives float32 numpy arrays here (tests/runtime/test_schedulers.py
+checks numpy == torch to 1e-6). Classifier-free guidance batches both branches, negative first.
 """
 
 from __future__ import annotations
@@ -14,24 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.sampling import (
-    DPMSolverPP2M,
-    FlowEuler,
-    FlowSchedule,
-    dpm_flow_schedule,
-    euler_flow_schedule,
-)
+from dcae_deploy.sampling import DEFAULT_SAMPLER, SAMPLERS, FlowSchedule, flow_steps, guided
 
-# manifest / PipelineConfig sampler name -> (schedule, solver)
-SAMPLERS = {
-    "dpm-solver++": (dpm_flow_schedule, DPMSolverPP2M),
-    "euler": (euler_flow_schedule, FlowEuler),
-}
+__all__ = ["SAMPLERS", "SamplerConfig", "VelocityFn", "sample"]
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    name: str = "dpm-solver++"
+    name: str = DEFAULT_SAMPLER  # a key of SAMPLERS
     steps: int = 20
     flow_shift: float = 3.0
     guidance_scale: float = 4.5
@@ -48,7 +39,7 @@ class SamplerConfig:
         return self.guidance_scale > 1.0
 
     def schedule(self) -> FlowSchedule:
-        return SAMPLERS[self.name][0](self.steps, shift=self.flow_shift)
+        return SAMPLERS[self.name].schedule(self.steps, shift=self.flow_shift)
 
 
 # velocity(latent batch, timestep) -> velocity batch; with guidance the batch is [negative, positive]
@@ -62,19 +53,13 @@ def sample(
     callback: Callable[[int, np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Integrate float32 ``noise`` (at sigma ~1) to a clean latent; ``callback(step, velocity)`` after each step."""
-    schedule = config.schedule()
-    solver = SAMPLERS[config.name][1](schedule)
-    x = np.asarray(noise, dtype=np.float32)
-    g = float(config.guidance_scale)
-    for i in range(schedule.num_steps):
-        t = float(schedule.timesteps[i])
-        if config.uses_guidance:
-            v = velocity(np.concatenate([x, x], axis=0), t).astype(np.float32, copy=False)
-            uncond, text = v[: len(x)], v[len(x):]
-            v = uncond + g * (text - uncond)
-        else:
-            v = velocity(x, t).astype(np.float32, copy=False)
-        x = solver.step(i, x, v).astype(np.float32, copy=False)
+
+    def model(x: np.ndarray, t: float) -> np.ndarray:
+        return velocity(x, t).astype(np.float32, copy=False)
+
+    guided_model = guided(model, float(config.guidance_scale)) if config.uses_guidance else model
+    latent = np.asarray(noise, dtype=np.float32)
+    for i, v, latent in flow_steps(guided_model, latent, config.schedule(), config.name):
         if callback is not None:
             callback(i, v)
-    return x
+    return latent

@@ -368,7 +368,7 @@ def test_rtx_builds_every_t2i_component_with_all_input_profiles(t2i_export, trt_
     assert sorted(den.profiles) == ["encoder_attention_mask", "encoder_hidden_states", "latent", "timestep"]
     assert den.profiles["timestep"] == ShapeProfile((1,), (2,), (2,))
     te = infos["text_encoder"]
-    lo, hi = manifest.pipeline["text_encoder"]["input_tokens"]
+    lo, hi = manifest.pipeline.to_dict()["text_encoder"]["input_tokens"]
     assert te.profiles["input_ids"] == ShapeProfile((1, lo), (1, hi), (2, hi)) == te.profiles["attention_mask"]
     assert [t.dtype for t in te.inputs] == ["int64", "int64"]
 
@@ -378,7 +378,7 @@ def test_t2i_build_script_lists_every_input(t2i_export, tmp_path):
     manifest = read_manifest(folder)
     text = write_build_script(folder, manifest).read_text()
     subprocess.run(["bash", "-n", str(folder / "build_engines.sh")], check=True)
-    lo, hi = manifest.pipeline["text_encoder"]["input_tokens"]
+    lo, hi = manifest.pipeline.to_dict()["text_encoder"]["input_tokens"]
     assert f"--minShapes=input_ids:1x{lo},attention_mask:1x{lo}" in text
     assert f"--maxShapes=input_ids:2x{hi},attention_mask:2x{hi}" in text
     assert (

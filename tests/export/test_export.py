@@ -11,7 +11,7 @@ import pytest
 
 from dcae_deploy.errors import CheckpointError, DcaeDeployError, UnknownVariantError
 from dcae_deploy.export import export_model
-from dcae_deploy.export.parity import ParityError
+from dcae_deploy.export.gate import ParityError
 from dcae_deploy.manifest import ManifestError, read_manifest, sha256_file
 
 TINY_PROFILE = dict(min_res=64, opt_res=128, max_res=256, max_batch=2)
@@ -80,7 +80,7 @@ def test_tampered_graph_is_detected(fp32_export, tmp_path):
 
 
 def test_parity_failure_is_an_error_and_keeps_no_graphs(tmp_path, monkeypatch):
-    from dcae_deploy.export import parity
+    from dcae_deploy.export import gate as parity
 
     monkeypatch.setitem(parity.REL_L2, "fp32", 0.0)  # an impossible gate: every comparison must now fail
     with pytest.raises(ParityError, match="parity checks failed"):
@@ -151,7 +151,8 @@ def test_full_f32c32_sana_exports_and_passes_the_gate(tmp_path):
 
 def test_fully_static_encoder_profile_has_no_dynamic_spatial_axes():
     """min == max resolution: the derived ``height = 32 * latent_height`` stays static instead of failing."""
-    from dcae_deploy.export.specs import Resolution, autoencoder_spec
+    from dcae_deploy.models.autoencoder import autoencoder_spec
+    from dcae_deploy.specs import Resolution
     from dcae_deploy.variants import get_variant
 
     spec = autoencoder_spec("encoder", get_variant("tiny-f32c32-sana"), Resolution(64, 64, 64, max_batch=2))

@@ -43,9 +43,9 @@ def test_pipeline_export_graphs_manifest_and_parity(t2i):
         ("input_ids", "int64", ("batch", "tokens")), ("attention_mask", "int64", ("batch", "tokens"))
     ]
     assert [(t.name, t.dtype, t.shape) for t in te.outputs] == [("text_embeddings", "float32", ("batch", 24, 64))]
-    tokenizer = load_tokenizer(out / manifest.pipeline["text_encoder"]["tokenizer"])
+    tokenizer = load_tokenizer(out / manifest.pipeline.to_dict()["text_encoder"]["tokenizer"])
     lo, hi = tokenizer.input_lengths
-    assert manifest.pipeline["text_encoder"]["input_tokens"] == [lo, hi] and lo == 24 < hi
+    assert manifest.pipeline.to_dict()["text_encoder"]["input_tokens"] == [lo, hi] and lo == 24 < hi
     assert te.profiles["input_ids"].min == (1, lo) and te.profiles["input_ids"].max == (2, hi)
     assert {"tokenizer/tokenizer.json", "tokenizer/prompt.json"} <= te.files.keys()
     assert te.files["tokenizer/tokenizer.json"] == sha256_file(out / "tokenizer" / "tokenizer.json")
@@ -59,12 +59,12 @@ def test_pipeline_export_graphs_manifest_and_parity(t2i):
     assert den.profiles["latent"].min == (1, 32, 2, 2) and den.profiles["latent"].max == (2, 32, 4, 4)  # 2*max_batch
     assert den.profiles["encoder_attention_mask"].opt == (2, 24)
 
-    assert manifest.pipeline["autoencoder"] == {
+    assert manifest.pipeline.to_dict()["autoencoder"] == {
         "scaling_factor": pytest.approx(0.41407), "spatial_compression_ratio": 32, "latent_channels": 32
     }
-    assert manifest.pipeline["denoiser"] == {"timestep_scale": 1.0, "in_channels": 32, "caption_channels": 64}
-    assert manifest.pipeline["text_encoder"]["family"] == "gemma2"
-    assert manifest.pipeline["defaults"]["steps"] == 4 and manifest.pipeline["variant"] == "tiny-t2i"
+    assert manifest.pipeline.to_dict()["denoiser"] == {"timestep_scale": 1.0, "in_channels": 32, "caption_channels": 64}
+    assert manifest.pipeline.to_dict()["text_encoder"]["family"] == "gemma2"
+    assert manifest.pipeline.to_dict()["defaults"]["steps"] == 4 and manifest.pipeline.to_dict()["variant"] == "tiny-t2i"
 
     report = json.loads((out / "parity.json").read_text())
     assert report["passed"] and len(report["records"]) == 6  # 3 components x 2 shapes
@@ -80,7 +80,7 @@ def test_text_encoder_graph_runs_the_exported_tokenizer(t2i):
     from dcae_deploy.models.pipeline import build_pipeline
 
     out, manifest = t2i
-    tokenizer = load_tokenizer(out / manifest.pipeline["text_encoder"]["tokenizer"])
+    tokenizer = load_tokenizer(out / manifest.pipeline.to_dict()["text_encoder"]["tokenizer"])
     session = ort.InferenceSession(str(out / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
     encoder = build_pipeline("tiny-t2i").text_encoder  # same seed as the export's random weights
     for instruction in (True, False):
@@ -152,7 +152,7 @@ def test_pipeline_checkpoint_round_trip(tmp_path):
     )
     assert manifest.checkpoint == str((tmp_path / "pipe").resolve())
     assert json.loads((tmp_path / "out" / "parity.json").read_text())["passed"]
-    assert manifest.pipeline["text_encoder"]["tokenizer"] == "tokenizer/tokenizer.json"
+    assert manifest.pipeline.to_dict()["text_encoder"]["tokenizer"] == "tokenizer/tokenizer.json"
 
 
 def test_a_subset_export_loads_only_the_parts_it_needs(tmp_path):
@@ -172,6 +172,6 @@ def test_a_subset_export_loads_only_the_parts_it_needs(tmp_path):
         shutil.rmtree(folder / sub)
     manifest = export_model("tiny-t2i", tmp_path / "out", checkpoint=folder, components=["decoder"], **PROFILE)
     assert list(manifest.components) == ["decoder"]
-    assert manifest.pipeline["autoencoder"]["scaling_factor"] == full.autoencoder.config.scaling_factor
+    assert manifest.pipeline.to_dict()["autoencoder"]["scaling_factor"] == full.autoencoder.config.scaling_factor
     with pytest.raises(DcaeDeployError, match="has no transformer/"):
         export_model("tiny-t2i", tmp_path / "out2", checkpoint=folder, components=["denoiser"], **PROFILE)

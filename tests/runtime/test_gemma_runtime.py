@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dcae_deploy.export import export_model
-from dcae_deploy.export.parity import psnr_db
+from dcae_deploy.export.gate import psnr_db
 from dcae_deploy.models.pipeline import build_pipeline
 from dcae_deploy.runtime import GenerationConfig, TextToImage
 from dcae_deploy.runtime.eager import open_pytorch

@@ -51,7 +51,7 @@ def test_parity_cli_prints_a_table_and_passes(artifacts_dir, tmp_path, capsys):
 
 
 def test_missing_demo_is_a_clear_error(monkeypatch, tmp_path):
-    import dcae_deploy.runtime.demo as demo
+    import dcae_deploy.shipped_demo as demo
     from dcae_deploy.errors import DcaeDeployError
 
     monkeypatch.setattr(demo.importlib.resources, "files", lambda package: tmp_path)
@@ -60,7 +60,7 @@ def test_missing_demo_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_demo_cache_folder_follows_the_weights(monkeypatch, tmp_path):
-    import dcae_deploy.runtime.demo as demo
+    import dcae_deploy.shipped_demo as demo
 
     weights = tmp_path / "demo"
     weights.mkdir()

@@ -1,7 +1,7 @@
 """Current outputs of every stage against the golden files in tests/data/golden/.
 
 A failure names the stage and its error. After an *intended* numerical change, rewrite the files with
-``python -m dcae_deploy.parity --regenerate-golden`` and commit them with the change that explains them.
+``python tests/data/golden/make_golden.py`` and commit them with the change that explains them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,12 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from dcae_deploy.parity import GOLDEN_DIR, STAGES, read_golden, run_backend
+from pathlib import Path
 
+from dcae_deploy.parity import PARITY_STAGES as STAGES
+from dcae_deploy.parity import read_golden, run_backend
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "golden"
 GOLDEN = GOLDEN_DIR / "demo-64px.npz"
 
 

@@ -86,4 +86,6 @@ def test_upsample_conv_as_phase_convs_is_the_same_function():
     assert [n.op_type for n in model.graph.node] == ["Conv"] * 4 + ["Concat", "DepthToSpace"]
     rewritten = _session_output(model, feeds)
     assert rewritten.shape == plain.shape == (2, 32, 10, 14)
-    np.testing.assert_allclose(rewritten, plain, rtol=1e-5, atol=1e-5)
+    # float rounding of 144-term sums scales with the outputs (|y| up to ~30 here): MLAS kernels differ by CPU
+    # (an AMD EPYC without AVX-512 rounds one value 1.5e-5 away), so the absolute slack follows the output scale
+    np.testing.assert_allclose(rewritten, plain, rtol=1e-5, atol=1e-6 * float(np.abs(plain).max()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dcae_deploy.export.parity import psnr_db
+from dcae_deploy.export.gate import psnr_db
 from dcae_deploy.parity import compare_stages, run_backend
 from dcae_deploy.runtime import GenerationConfig, TextToImage, open_backend
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.export.parity import psnr_db
+from dcae_deploy.export.gate import psnr_db
 from dcae_deploy.runtime.tiling import TileConfig, decode_tiled, tile_starts
 
 

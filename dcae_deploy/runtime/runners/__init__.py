@@ -1,5 +1,5 @@
 """Runners: one component on one backend (see base.py for the contract). Backend modules import lazily."""
 
-from dcae_deploy.runtime.runners.base import Runner, numpy_dtype
+from dcae_deploy.runtime.runners.base import Binding, Runner, numpy_dtype
 
-__all__ = ["Runner", "numpy_dtype"]
+__all__ = ["Binding", "Runner", "numpy_dtype"]

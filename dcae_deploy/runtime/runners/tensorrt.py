@@ -1,9 +1,13 @@
 """TensorRT / TensorRT-RTX engine runner (``tensorrt`` or ``tensorrt_rtx``, imported lazily).
 
 Only a ``.plan`` and the manifest's tensor names are needed, so engines built by ``trtexec`` (or the
-``tensorrt_rtx`` CLI) run as well as those of ``python -m dcae_deploy.engines``. Per call: every input
-shape is set (and checked against the engine's profile), device buffers grow as needed, inputs are
+``tensorrt_rtx`` CLI) run as well as those of ``python -m dcae_deploy.engines``. Per ``infer`` call: every
+input shape is set (and checked against the engine's profile), device buffers grow as needed, inputs are
 copied host -> device, ``execute_async_v3`` runs on a private stream and outputs are copied back.
+``bind`` does the first half once (shapes, buffers, input copies, tensor addresses), each ``run_bound`` is one
+``execute_async_v3`` + stream synchronize, and ``fetch`` copies the outputs back. The runner has one set of
+device buffers: a binding whose tensors ``infer`` or another ``bind`` replaced is placed again when it runs.
+The flavours and their import are those of ``dcae_deploy/tensorrt_support.py``, shared with the engine builder.
 
 Device memory and copies go through cuda-python (``cuda.bindings.runtime`` or the older ``cuda.cudart``)
 or, without it, through ``libcudart`` loaded with ctypes (TensorRT wheels bring the CUDA runtime along).
@@ -15,16 +19,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dcae_deploy.manifest import Component
 from dcae_deploy.runtime.errors import BackendError
-from dcae_deploy.runtime.runners.base import Runner, numpy_dtype
+from dcae_deploy.runtime.runners.base import Binding, Runner, numpy_dtype
+from dcae_deploy.tensorrt_support import FLAVOURS, TensorRTFlavour, TensorRTUnavailable, import_flavour
 
-MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
                "BOOL": "bool", "INT8": "int8", "UINT8": "uint8"}
 _HOST_TO_DEVICE, _DEVICE_TO_HOST = 1, 2
@@ -32,19 +37,20 @@ _HOST_TO_DEVICE, _DEVICE_TO_HOST = 1, 2
 
 def import_tensorrt(flavour: str | None = None):
     """``(flavour, module)`` for ``"tensorrt"``, ``"tensorrt-rtx"`` or ``None`` (TensorRT first, then RTX)."""
-    candidates = [flavour] if flavour else list(MODULES)
-    failures = []
-    for name in candidates:
-        if name not in MODULES:
-            raise BackendError(f"unknown TensorRT flavour {name!r}; choose one of {', '.join(MODULES)}")
-        try:
-            return name, importlib.import_module(MODULES[name])
-        except ImportError as exc:
-            failures.append(f"`import {MODULES[name]}` failed ({exc})")
-    raise BackendError(
-        f"no TensorRT runtime: {'; '.join(failures)}. Install `tensorrt` (NVIDIA's index) or "
-        "`tensorrt-rtx-cu13` for RTX GPUs, plus `cuda-python`"
-    )
+    imported = _load_flavour(flavour)
+    return imported.name, imported.trt
+
+
+def _load_flavour(flavour: str | None) -> TensorRTFlavour:
+    if flavour and flavour not in FLAVOURS:
+        raise BackendError(f"unknown TensorRT flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
+    try:
+        return import_flavour(flavour or None)
+    except TensorRTUnavailable as exc:
+        raise BackendError(
+            f"no TensorRT runtime: {exc}. Install `tensorrt` (NVIDIA's index) or "
+            "`tensorrt-rtx-cu13` for RTX GPUs, plus `cuda-python`"
+        ) from exc
 
 
 class CudaRuntime:
@@ -133,6 +139,23 @@ class CudaRuntime:
         self._check(fn(stream), "cudaStreamDestroy")
 
 
+@dataclass(frozen=True)
+class DeviceTensor:
+    """A tensor in one of the runner's device buffers."""
+
+    pointer: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+@dataclass(eq=False)
+class TensorRTBinding(Binding):
+    """A :class:`Binding` whose inputs sit in the runner's device buffers; ``ran``: they hold its outputs."""
+
+    device_outputs: dict[str, DeviceTensor] = field(default_factory=dict)
+    ran: bool = False
+
+
 class TensorRTRunner(Runner):
     """One deserialised engine; tensors are bound by the manifest's names."""
 
@@ -143,13 +166,23 @@ class TensorRTRunner(Runner):
         self.plan = Path(plan)
         self.flavour = flavour
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
+        self._imported: TensorRTFlavour | None = None
+        self._placed: TensorRTBinding | None = None  # the binding whose tensors the context and buffers hold
+
+    @property
+    def on_gpu(self) -> bool:
+        return True
+
+    @property
+    def version(self) -> str:
+        return self._imported.version if self._imported is not None else "unknown"
 
     def _load(self) -> None:
         if not self.plan.is_file():
             raise BackendError(f"engine {self.plan} not found: build it with `python -m dcae_deploy.engines build`")
-        self.flavour, trt = import_tensorrt(self.flavour)
-        self.backend = self.flavour
-        self._trt = trt
+        self._imported = _load_flavour(self.flavour)
+        self.flavour = self.backend = self._imported.name
+        trt = self._trt = self._imported.trt
         self._cuda = CudaRuntime()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
@@ -191,6 +224,40 @@ class TensorRTRunner(Runner):
         return ptr
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._placed = None  # this call's tensors replace any binding's
+        outputs = self._set_tensors(feeds)
+        self._execute()
+        return self._download(outputs)  # its synchronize also keeps `feeds` alive until the copies are done
+
+    def _bind(self, feeds: dict[str, np.ndarray]) -> Binding:
+        binding = TensorRTBinding(feeds)
+        self._place(binding)
+        return binding
+
+    def run_bound(self, binding: Binding) -> None:
+        if binding is not self._placed:  # infer() or another bind() has set the context's tensors since
+            self._place(binding)
+        self._execute()
+        self._cuda.synchronize(self._stream)
+        binding.ran = True
+
+    def fetch(self, binding: Binding) -> dict[str, np.ndarray]:
+        if binding is not self._placed or not binding.ran:
+            raise BackendError(
+                f"{self.name}: fetch() needs a run_bound() of this binding first (the device buffers hold the "
+                "tensors of another call)"
+            )
+        return self._download(binding.device_outputs)
+
+    def _place(self, binding: TensorRTBinding) -> None:
+        binding.device_outputs = self._set_tensors(binding.inputs)
+        binding.ran = False
+        self._cuda.synchronize(self._stream)  # the inputs are on the device
+        self._placed = binding
+
+    def _set_tensors(self, feeds: dict[str, np.ndarray]) -> dict[str, DeviceTensor]:
+        """Set every input's shape, copy the inputs into device buffers (on the stream), set every tensor's
+        address; return where the outputs will be."""
         ctx, stream = self._context, self._stream
         for name, array in feeds.items():
             lo, _, hi = self._engine.get_tensor_profile_shape(name, 0)
@@ -204,23 +271,31 @@ class TensorRTRunner(Runner):
             ptr = self._buffer(name, array.nbytes)
             self._cuda.copy(ptr, array.ctypes.data, array.nbytes, _HOST_TO_DEVICE, stream)
             ctx.set_tensor_address(name, ptr)
-        results = {}
+        outputs = {}
         for t in self.component.outputs:
             shape = tuple(ctx.get_tensor_shape(t.name))
             if any(d < 0 for d in shape):
                 raise BackendError(f"{self.name}: output {t.name!r} shape {shape} is unresolved after setting the inputs")
-            host = np.empty(shape, dtype=numpy_dtype(t.dtype))
-            ptr = self._buffer(t.name, host.nbytes)
-            ctx.set_tensor_address(t.name, ptr)
-            results[t.name] = (host, ptr)
-        if not ctx.execute_async_v3(self._cuda.handle(stream)):
+            dtype = numpy_dtype(t.dtype)
+            pointer = self._buffer(t.name, math.prod(shape) * dtype.itemsize)
+            ctx.set_tensor_address(t.name, pointer)
+            outputs[t.name] = DeviceTensor(pointer, shape, dtype)
+        return outputs
+
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(self._cuda.handle(self._stream)):
             raise BackendError(f"{self.flavour} failed to run {self.name} ({self.plan})")
-        for host, ptr in results.values():
-            self._cuda.copy(host.ctypes.data, ptr, host.nbytes, _DEVICE_TO_HOST, stream)
-        self._cuda.synchronize(stream)  # also keeps `feeds` alive until the copies are done
-        return {name: host for name, (host, _) in results.items()}
+
+    def _download(self, outputs: dict[str, DeviceTensor]) -> dict[str, np.ndarray]:
+        """Copy ``outputs`` to new host arrays and wait for the stream."""
+        hosts = {name: np.empty(t.shape, dtype=t.dtype) for name, t in outputs.items()}
+        for name, host in hosts.items():
+            self._cuda.copy(host.ctypes.data, outputs[name].pointer, host.nbytes, _DEVICE_TO_HOST, self._stream)
+        self._cuda.synchronize(self._stream)
+        return hosts
 
     def _close(self) -> None:
+        self._placed = None
         self._cuda.synchronize(self._stream)
         for ptr, _ in self._buffers.values():
             self._cuda.free(ptr)

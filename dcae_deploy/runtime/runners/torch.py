@@ -1,7 +1,9 @@
 """PyTorch runner: the fp32 reference, over the modules of :class:`~dcae_deploy.models.pipeline.PipelineModels`.
 
 The only runtime module that imports torch. It takes the same named numpy inputs as the graphs and
-returns the same named outputs, so every backend is driven by one pipeline loop.
+returns the same named outputs, so every backend is driven by one generation loop. Which module runs a
+component, and how it is called, comes from the component's model family
+(:func:`dcae_deploy.specs.module_call`).
 """
 
 from __future__ import annotations
@@ -11,33 +13,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from dcae_deploy.errors import DcaeDeployError
 from dcae_deploy.manifest import Component
 from dcae_deploy.runtime.errors import BackendError
 from dcae_deploy.runtime.runners.base import Runner
-
-
-def _module(models, component: str):
-    """(module, function of named torch inputs) for one component."""
-    if component == "text_encoder":
-        m = models.text_encoder
-        return m, lambda x: m(x["input_ids"], x["attention_mask"])
-    if component == "denoiser":
-        m = models.denoiser
-        return m, lambda x: m(x["latent"], x["timestep"], x["encoder_hidden_states"],
-                              x["encoder_attention_mask"].to(x["encoder_hidden_states"].dtype))
-    if component == "decoder":
-        m = models.autoencoder.decoder
-        return m, lambda x: m(x["latent"])
-    if component == "decoder_global":
-        m = models.autoencoder.decoder
-        return m, lambda x: m.decode_global(x["latent"])
-    if component == "decoder_local":
-        m = models.autoencoder.decoder
-        return m, lambda x: m.decode_local(x["features"])
-    if component == "encoder":
-        m = models.autoencoder.encoder
-        return m, lambda x: m(x["image"])
-    raise BackendError(f"the torch backend has no component {component!r}")
 
 
 class TorchRunner(Runner):
@@ -53,8 +32,22 @@ class TorchRunner(Runner):
         self._models = models
         self.device = torch.device(device)
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def version(self) -> str:
+        return torch.__version__
+
     def _load(self) -> None:
-        module, self._fn = _module(self._models(), self.name)
+        from dcae_deploy.specs import module_call
+
+        models = self._models()
+        try:
+            module, self._fn = module_call(models.config, self.name, models)
+        except DcaeDeployError as exc:
+            raise BackendError(f"the torch backend cannot run {self.name!r}: {exc}") from exc
         self._module = module.float().eval().to(self.device)
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

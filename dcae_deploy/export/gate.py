@@ -1,6 +1,6 @@
 """The parity gate: run an exported graph, compare with PyTorch fp32, fail loudly past tolerance.
 
-Tolerances (shared/DESIGN.md): fp32 graphs within relative L2 1e-4 of PyTorch fp32; fp16/bf16
+Tolerances (the README's export section): fp32 graphs within relative L2 1e-4 of PyTorch fp32; fp16/bf16
 graphs within relative L2 1e-2, and decoded images at PSNR >= 35 dB. A broken tolerance is an
 error, never a warning.
 

@@ -1,5 +1,8 @@
 """The shipped demo model: ``dcae_deploy/demo/`` (a pipeline folder) exported once into a cache folder.
 
+This sits above the export, engines and runtime stages (it calls the first two to prepare what the third
+reads), so that the runtime itself never imports them; ``generate`` and ``evaluate`` use it.
+
 Cache folder: ``$DCAE_DEPLOY_CACHE/demo-<sha>`` or ``~/.cache/dcae_deploy/demo-<sha>``, where ``<sha>`` is
 the first 12 hex digits of a SHA-256 over the demo folder's files and the export settings, so new weights
 or settings get a new export.

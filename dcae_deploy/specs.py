@@ -1,11 +1,13 @@
-"""Per-component export specs: the graph's named inputs and outputs, dynamic axes, profile, parity points.
+"""Export specs of graph components: named inputs and outputs, dynamic axes, shape profile, parity points.
 
 Like optimum's per-model ONNX configs, everything component-specific lives in one small declarative
-object; the generic exporter and parity gate never name a model. Shapes are written with symbolic
-names (``batch``, ``latent_height``, ``tokens``, ...) that the manifest keeps; ``dims`` gives each name
-its concrete min/opt/max, which become the TensorRT optimisation profile of every input that uses it.
+object (:class:`ComponentSpec`) that each model family makes for its components (the ``spec`` functions a
+:class:`~dcae_deploy.family.ComponentDef` names); the generic exporter, parity gate, eager runtime and
+benchmarks never name a model. Shapes are written with symbolic names (``batch``, ``latent_height``,
+``tokens``, ...) that the manifest keeps; ``dims`` gives each name its concrete min/opt/max, which become the
+TensorRT optimisation profile of every input that uses it.
 
-Components and their tensors (the contract with the runtime, see ``notes/contract.md``):
+The components of the registered families and their tensors (the contract with the runtime):
 
 ============  =====================================================================  ==========================
 component     inputs                                                                 output
@@ -27,6 +29,7 @@ global/local  feature_width) [P] (``decoder_local``): the decoder split for exac
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,13 +38,13 @@ import torch
 from torch import nn
 
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.manifest import SPLIT_DECODER
-
-SANA_CAPTION_TOKENS = 300  # caption length of a bare SANA denoiser export (SanaPipeline's max_sequence_length)
-SANA_LATENT_RATIO = 32  # image pixels per latent pixel for a bare denoiser export (DC-AE f32)
+from dcae_deploy.family import component_defs, component_names, family_of, image_ratio, is_composite, parts_of
+from dcae_deploy.manifest import Component, Manifest, PipelineSection, ShapeProfile, TensorInfo
 
 Dtype = Literal["float", "float32", "int64"]  # "float": the export precision
 Sample = Literal["uniform", "normal", "timestep", "ids", "mask"]
+NUMPY_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+OPSET = 22  # bf16 Conv needs opset 22 (earlier opsets type-restrict Conv to fp16/fp32/fp64)
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ class ComponentSpec:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Wrapped(nn.Module):
+class Wrapped(nn.Module):
     """Gives the exported graph a plain ``forward(x)`` over one submodule."""
 
     def __init__(self, inner: nn.Module) -> None:
@@ -195,7 +198,7 @@ class _Wrapped(nn.Module):
         return self.inner(x)
 
 
-class _Method(nn.Module):
+class MethodGraph(nn.Module):
     """Gives the exported graph a plain ``forward(x)`` calling one method of a submodule."""
 
     def __init__(self, inner: nn.Module, method: str) -> None:
@@ -206,154 +209,159 @@ class _Method(nn.Module):
         return getattr(self.inner, self.method)(x)
 
 
-class _DenoiserGraph(nn.Module):
-    """``forward(latent, timestep, encoder_hidden_states, encoder_attention_mask)`` -> velocity."""
-
-    def __init__(self, denoiser: nn.Module) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-
-    def forward(self, latent, timestep, encoder_hidden_states, encoder_attention_mask):
-        return self.denoiser(latent, timestep, encoder_hidden_states, encoder_attention_mask)
-
-
-# ---------------------------------------------------------------------------------------------
-# Component factories
-# ---------------------------------------------------------------------------------------------
-
-
-def _spatial_dims(res: Resolution, ratio: int) -> dict[str, tuple[int, int, int]]:
+def spatial_dims(res: Resolution, ratio: int) -> dict[str, tuple[int, int, int]]:
     lat = (res.min_res // ratio, res.opt_res // ratio, res.max_res // ratio)
     px = (res.min_res, res.opt_res, res.max_res)
     return {"latent_height": lat, "latent_width": lat, "height": px, "width": px}
 
 
-def _spatial_points(res: Resolution, ratio: int) -> list[dict[str, int]]:
+def spatial_points(res: Resolution, ratio: int) -> list[dict[str, int]]:
     points = []
     for _, h, w in res.parity_shapes():
         points.append({"height": h, "width": w, "latent_height": h // ratio, "latent_width": w // ratio})
     return points
 
 
-def autoencoder_spec(name: str, ae_config, res: Resolution) -> ComponentSpec:
-    """``encoder`` (image -> latent) or ``decoder`` (latent -> image) of a DC-AE config."""
-    f = ae_config.spatial_compression_ratio
-    image = TensorSpec("image", ("batch", ae_config.in_channels, "height", "width"), sample="uniform")
-    latent = TensorSpec(
-        "latent",
-        ("batch", ae_config.latent_channels, "latent_height", "latent_width"),
-        scale=1.0 / ae_config.scaling_factor,  # raw-scale latents: unit variance after scaling
-    )
-    dims = {"batch": (1, 1, res.max_batch), **_spatial_dims(res, f)}
-    points = tuple(
-        {"batch": b, **p} for (b, _, _), p in zip(res.parity_shapes(), _spatial_points(res, f))
-    )
-    if name == "encoder":
-        return ComponentSpec(
-            "encoder", (image,), (latent,), dims, points, lambda parts: _Wrapped(parts.autoencoder.encoder),
-            derived={"height": ("latent_height", f), "width": ("latent_width", f)},
-        )
-    return ComponentSpec(
-        "decoder", (latent,), (image,), dims, points, lambda parts: _Wrapped(parts.autoencoder.decoder),
-        image_output=True,
-    )
+# ---------------------------------------------------------------------------------------------
+# Making the specs of a variant's components
+# ---------------------------------------------------------------------------------------------
 
 
-def decoder_split_spec(name: str, ae_config, decoder: nn.Module, res: Resolution) -> ComponentSpec:
-    """The decoder in two graphs, for exact tiled decoding (``dcae_deploy.runtime.tiling``):
-    ``decoder_global`` (latent -> features: the low-resolution stages with global linear attention, run on
-    the whole latent) and ``decoder_local`` (features -> image: the high-resolution stages, only
-    convolutions and per-pixel norms, run tile by tile). Features are ``decoder.local_ratio`` times
-    coarser than the image."""
-    f, r = ae_config.spatial_compression_ratio, decoder.local_ratio
-    latent = TensorSpec(
-        "latent", ("batch", ae_config.latent_channels, "latent_height", "latent_width"), scale=1.0 / ae_config.scaling_factor
-    )
-    features = TensorSpec("features", ("batch", decoder.global_width, "feature_height", "feature_width"))
-    image = TensorSpec("image", ("batch", ae_config.in_channels, "height", "width"), sample="uniform")
-    feat = (res.min_res // r, res.opt_res // r, res.max_res // r)
-    dims = {"batch": (1, 1, res.max_batch), **_spatial_dims(res, f), "feature_height": feat, "feature_width": feat}
-    points = tuple(
-        {"batch": b, **p, "feature_height": p["height"] // r, "feature_width": p["width"] // r}
-        for (b, _, _), p in zip(res.parity_shapes(), _spatial_points(res, f))
-    )
-    if name == SPLIT_DECODER[0]:
-        return ComponentSpec(name, (latent,), (features,), dims, points,
-                             lambda parts: _Method(parts.autoencoder.decoder, "decode_global"))
-    return ComponentSpec(name, (features,), (image,), dims, points,
-                         lambda parts: _Method(parts.autoencoder.decoder, "decode_local"), image_output=True)
+@dataclass(frozen=True)
+class SpecContext:
+    """What a family's ``spec`` function sees: the component, its part and the variant around it.
 
-
-def denoiser_spec(den_config, res: Resolution, ratio: int, caption_tokens: int) -> ComponentSpec:
-    """SANA denoiser: (latent, timestep, caption states, caption mask) -> velocity; batch up to 2 * max_batch."""
-    c = den_config.in_channels
-    latent_shape = ("batch", c, "latent_height", "latent_width")
-    inputs = (
-        TensorSpec("latent", latent_shape),
-        TensorSpec("timestep", ("batch",), "float32", "timestep", 1000.0 * den_config.timestep_scale),
-        TensorSpec("encoder_hidden_states", ("batch", caption_tokens, den_config.caption_channels)),
-        TensorSpec("encoder_attention_mask", ("batch", caption_tokens), "int64", "mask"),
-    )
-    outputs = (TensorSpec("velocity", ("batch", den_config.out_channels, "latent_height", "latent_width")),)
-    dims = {"batch": (1, 2, 2 * res.max_batch), **_spatial_dims(res, ratio)}
-    dims = {k: v for k, v in dims.items() if k in ("batch", "latent_height", "latent_width")}
-    points = tuple(
-        {"batch": b, "latent_height": p["latent_height"], "latent_width": p["latent_width"]}
-        for b, p in zip((2, 1), _spatial_points(res, ratio))
-    )
-    return ComponentSpec("denoiser", inputs, outputs, dims, points, lambda parts: _DenoiserGraph(parts.denoiser))
-
-
-def text_encoder_spec(te_config, res: Resolution, input_tokens: tuple[int, int], vocab_size: int) -> ComponentSpec:
-    """Token ids + mask (batch, tokens) -> caption states (batch, max_length, hidden).
-
-    ``input_tokens`` is the (shortest, longest) tokenised prompt: equal to ``max_length`` for the word
-    encoder; for Gemma-2 with SANA's instruction prefix the prompt is longer and the graph keeps BOS +
-    the last ``max_length - 1`` positions.
+    ``parts`` has one attribute per role (``autoencoder``, ``denoiser``, ``text_encoder``) holding the loaded
+    PyTorch module or None; ``configs`` maps every role of the variant to its config (the loaded part's
+    config where loaded, else the registered one); ``tokenizer`` is the text encoder's, if any.
     """
-    lo, hi = input_tokens
-    length = "tokens" if lo < hi else lo
-    inputs = (
-        TensorSpec("input_ids", ("batch", length), "int64", "ids", float(vocab_size)),
-        TensorSpec("attention_mask", ("batch", length), "int64", "mask"),
+
+    name: str
+    config: Any
+    parts: Any
+    configs: dict[str, Any]
+    tokenizer: Any
+    res: Resolution
+    ratio: int
+
+    def module(self, role: str) -> nn.Module | None:
+        return getattr(self.parts, role, None)
+
+
+def part_configs(config: Any, parts: Any) -> dict[str, Any]:
+    """Role -> config over the variant: the loaded part's config where ``parts`` has it, else the registry's."""
+    return {role: getattr(getattr(parts, role, None), "config", None) or registered
+            for role, registered in parts_of(config).items()}
+
+
+def component_spec(config: Any, name: str, parts: Any, res: Resolution, tokenizer: Any = None) -> ComponentSpec:
+    """The :class:`ComponentSpec` of component ``name`` of variant ``config`` over the loaded ``parts``."""
+    role, definition = component_defs(config)[name]
+    configs = part_configs(config, parts)
+    context = SpecContext(name, configs[role], parts, configs, tokenizer, res, image_ratio(config))
+    return family_of(configs[role]).function(definition.spec)(context)
+
+
+def module_call(config: Any, name: str, parts: Any) -> tuple[nn.Module, Callable[[dict], torch.Tensor]]:
+    """(module, fn over named torch inputs) that runs component ``name`` of ``config`` in PyTorch."""
+    if name not in component_defs(config):
+        raise DcaeDeployError(f"{config.name!r} has no component {name!r}; it has {', '.join(component_defs(config))}")
+    role, definition = component_defs(config)[name]
+    part = getattr(parts, role, None)
+    if part is None:
+        raise DcaeDeployError(f"component {name!r} needs the {role} of {config.name!r}, which is not loaded")
+    return family_of(parts_of(config)[role]).function(definition.call)(part)
+
+
+DEFAULT_RESOLUTION = Resolution(min_res=256, opt_res=512, max_res=1024, max_batch=4)
+
+
+def default_resolution(config: Any, min_res: int | None = None, opt_res: int | None = None,
+                       max_res: int | None = None, max_batch: int | None = None) -> Resolution:
+    """The export profile: the given sides, else the defaults (a pipeline's own image size is the optimum,
+    inside the default range)."""
+    d = DEFAULT_RESOLUTION
+    side = getattr(config, "image_size", None)
+    if side is not None:
+        d = Resolution(min(d.min_res, side), side, max(d.max_res, side), d.max_batch)
+    min_res = d.min_res if min_res is None else min_res
+    max_res = d.max_res if max_res is None else max_res
+    if opt_res is None:  # the default optimum must stay inside a user-narrowed range
+        opt_res = min(max(d.opt_res, min_res), max_res)
+    return Resolution(min_res, opt_res, max_res, d.max_batch if max_batch is None else max_batch)
+
+
+def dtype_name(tensor: TensorSpec, precision: str) -> str:
+    return NUMPY_DTYPES[precision] if tensor.dtype == "float" else tensor.dtype
+
+
+def component_record(spec: ComponentSpec, precision: str, file: str, files: dict[str, str]) -> Component:
+    """The manifest entry of a component exported from ``spec`` (``file`` empty: described, not exported)."""
+    return Component(
+        name=spec.name,
+        file=file,
+        files=files,
+        inputs=tuple(TensorInfo(t.name, dtype_name(t, precision), t.shape) for t in spec.inputs),
+        outputs=tuple(TensorInfo(t.name, dtype_name(t, precision), t.shape) for t in spec.outputs),
+        profiles={name: ShapeProfile(*shapes) for name, shapes in spec.profile().items()},
     )
-    outputs = (TensorSpec("text_embeddings", ("batch", te_config.max_length, te_config.hidden_size)),)
-    dims = {"batch": (1, 1, 2 * res.max_batch)}
-    if lo < hi:
-        dims["tokens"] = (lo, hi, hi)
-    points = ({"batch": 1, "tokens": hi}, {"batch": min(2, 2 * res.max_batch), "tokens": lo})
-    points = tuple({k: v for k, v in p.items() if k in dims} for p in points)
-    return ComponentSpec("text_encoder", inputs, outputs, dims, points, lambda parts: parts.text_encoder)
 
 
-# The components each model kind can export, in export order; the second set is the default.
-COMPONENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "autoencoder": (("encoder", "decoder", *SPLIT_DECODER), ("encoder", "decoder")),
-    "denoiser": (("denoiser",), ("denoiser",)),
-    "text_encoder": (("text_encoder",), ("text_encoder",)),
-    "pipeline": (
-        ("text_encoder", "denoiser", "decoder", "encoder", *SPLIT_DECODER),
-        ("text_encoder", "denoiser", "decoder"),
-    ),
-}
+def pipeline_section(config: Any, parts: Any, tokenizer: Any, tokenizer_file: str | None) -> PipelineSection | None:
+    """The manifest's ``pipeline`` block of a pipeline variant (None for a bare family variant): each part's
+    facts from its family, plus the pipeline's conditioning and sampling defaults."""
+    if not is_composite(config):
+        return None
+    facts = {role: family_of(part).facts(part, tokenizer, tokenizer_file)
+             for role, part in part_configs(config, parts).items()}
+    return PipelineSection(variant=config.name, conditioning=config.conditioning,
+                           defaults=config.sampler_defaults(), **facts)
 
 
-def component_names(kind: str, variant: str, names: list[str] | None) -> list[str]:
-    """Validated component names for a variant of ``kind`` (its defaults when ``names`` is None), export order."""
-    if kind not in COMPONENTS:
-        raise DcaeDeployError(
-            f"ONNX export of {kind} variants such as {variant!r} is not available; "
-            f"exportable kinds: {', '.join(COMPONENTS)}"
-        )
-    available, default = COMPONENTS[kind]
-    if names is None:
-        return list(default)
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise DcaeDeployError(
-            f"{variant!r} is a {kind} with components {', '.join(available)}; it has no "
-            f"{', '.join(repr(n) for n in unknown)}"
-        )
-    if not names:
-        raise DcaeDeployError(f"no components given; {variant!r} has {', '.join(available)}")
-    return [n for n in available if n in names]
+def autoencoder_fields(config: Any, parts: Any) -> dict[str, Any]:
+    """The manifest's top-level autoencoder fields (None without an autoencoder part)."""
+    ae = part_configs(config, parts).get("autoencoder")
+    if ae is None or getattr(parts, "autoencoder", None) is None:
+        return dict(scaling_factor=None, spatial_compression_ratio=None, latent_channels=None)
+    return dict(scaling_factor=ae.scaling_factor, spatial_compression_ratio=ae.spatial_compression_ratio,
+                latent_channels=ae.latent_channels)
+
+
+def tool_versions() -> dict[str, str]:
+    import onnx
+
+    import dcae_deploy
+
+    versions = {"dcae_deploy": dcae_deploy.__version__, "torch": torch.__version__, "onnx": onnx.__version__}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:  # pragma: no cover - onnxruntime is a dependency
+        pass
+    return versions
+
+
+def describe(models: Any, *, components: list[str] | None = None, min_res: int | None = None,
+             opt_res: int | None = None, max_res: int | None = None, max_batch: int | None = None) -> Manifest:
+    """The fp32 manifest an export of these PyTorch parts would write, without exporting anything.
+
+    ``components`` defaults to the variant's default components plus its optional ones that generation can
+    use (for a pipeline: the split decoder too; not the encoder). Components carry their inputs, outputs and shape
+    profiles but no graph file (``file`` is empty), and the text encoder's ``tokenizer`` is None: enough
+    for the runtime's torch backend to run the models in memory (``dcae_deploy.runtime.eager``).
+    """
+    config = models.config
+    res = default_resolution(config, min_res, opt_res, max_res, max_batch)
+    res.validate(image_ratio(config))
+    if components is None:
+        composite = is_composite(config)
+        optional = [c.name for _, c in component_defs(config).values() if not c.is_default(composite) and c.in_pipeline]
+        components = component_names(config) + optional
+    records = {n: component_record(component_spec(config, n, models, res, models.tokenizer), "fp32", "", {})
+               for n in components}
+    return Manifest(
+        variant=config.name, kind=config.kind, precision="fp32", opset=OPSET, components=records,
+        **autoencoder_fields(config, models), resolution=dataclasses.asdict(res), versions=tool_versions(),
+        pipeline=pipeline_section(config, models, models.tokenizer, None),
+    )

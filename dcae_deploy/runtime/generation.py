@@ -1,4 +1,9 @@
-"""Text to image over any backend: tokenizer -> text encoder -> denoiser loop -> latent / scaling_factor -> decoder.
+"""Generation over any backend: conditioning -> noise -> sampler + guidance (denoiser) -> latent / scaling_factor -> decoder.
+
+The loop (:meth:`TextToImage.generate`) is written once over a *conditioning adapter*, chosen by the
+manifest's ``pipeline.conditioning`` from :data:`CONDITIONINGS`: today :class:`TextConditioning` (tokenizer ->
+text encoder -> the denoiser's caption inputs). An adapter turns a request into the denoiser's conditioning
+inputs, one row per image (negative rows first when guided); the loop does the rest.
 
 ::
 
@@ -37,9 +42,6 @@ from dcae_deploy.runtime.progress import ProgressBar, Timings
 from dcae_deploy.runtime.runners.base import Runner
 from dcae_deploy.runtime.schedulers import SamplerConfig, sample
 from dcae_deploy.runtime.tiling import TileConfig, decode_tiled
-
-STAGES = ("text_encoder", "denoiser", "decoder")
-
 
 def initial_noise(seed: int, count: int, shape: tuple[int, int, int]) -> np.ndarray:
     """(count, *shape) float32 starting latents: image ``i`` from ``default_rng(seed + i)`` (the seeding rule above)."""
@@ -92,6 +94,80 @@ def check_prompts(prompts: Sequence[str]) -> tuple[str, ...]:
     return tuple(prompts)
 
 
+@dataclass
+class Conditioning:
+    """The denoiser's conditioning inputs for a request: ``feeds`` (input name -> rows, ``[negative * n,
+    positive * n]`` when guided, else ``n`` rows) and the stage outputs worth keeping for parity checks."""
+
+    feeds: dict[str, np.ndarray]
+    stages: dict[str, np.ndarray]
+
+
+class TextConditioning:
+    """Captions: tokenizer -> text encoder -> ``encoder_hidden_states`` + ``encoder_attention_mask`` rows.
+
+    The negative prompt (default: the empty prompt, SANA's unconditional branch) is encoded like
+    SanaPipeline does: without the complex human instruction, in its own text-encoder call.
+    """
+
+    components = ("text_encoder",)
+
+    def __init__(self, generator: "TextToImage", tokenizer=None) -> None:
+        self.generator = generator
+        self._tokenizer = tokenizer  # None: read the export's tokenizer files on first use
+
+    def check(self, config: GenerationConfig) -> GenerationConfig:
+        return replace(config, prompts=check_prompts(config.prompts))
+
+    def tokenizer(self):
+        """The export's torch-free tokenizer: a word vocabulary, or Gemma-2's (the ``tokenizers`` package)."""
+        if self._tokenizer is None:
+            from dcae_deploy.tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.generator.artifacts.tokenizer_path())
+        return self._tokenizer
+
+    def encode_text(self, texts: Sequence[str], instruction: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings float32 (N, L, C), attention mask int64 (N, L)) for ``texts``, in text-encoder batches.
+
+        ``instruction=False`` encodes without the complex human instruction (Gemma-2 tokenizers only), as
+        SANA encodes its negative prompt. ``L`` is the text encoder's output length: the mask keeps the
+        positions the graph keeps (BOS + the last ``max_length - 1``).
+        """
+        from dcae_deploy.tokenizer import select_positions
+
+        g = self.generator
+        tokenizer = self.tokenizer()
+        unknown = sorted({w for t in texts for w in tokenizer.unknown_words(t)})
+        if unknown:
+            print(f"[generate] warning: words outside the vocabulary are ignored as <unk>: {', '.join(unknown)}",
+                  file=sys.stderr)
+        ids, mask = tokenizer(list(texts), instruction=instruction)
+        runner = g._runner("text_encoder")
+        chunk = g.artifacts.max_batch("text_encoder")
+        out = []
+        for s in range(0, len(ids), chunk):
+            result = runner.infer({"input_ids": ids[s:s + chunk], "attention_mask": mask[s:s + chunk]})
+            out.append(np.asarray(result["text_embeddings"], dtype=np.float32))
+        emb = np.concatenate(out)
+        g._check("text_encoder", emb)
+        return emb, select_positions(mask, emb.shape[1]).astype(np.int64)
+
+    def encode(self, config: GenerationConfig, guided: bool) -> Conditioning:
+        n = len(config.prompts)
+        emb, mask = self.encode_text(config.prompts)
+        if guided:  # the negative rows, one per image, then the prompts: [neg * n, pos * n]
+            neg, neg_mask = self.encode_text([config.negative_prompt], instruction=False)
+            emb = np.concatenate([np.repeat(neg, n, axis=0), emb])
+            mask = np.concatenate([np.repeat(neg_mask, n, axis=0), mask])
+        self.generator._release("text_encoder")
+        return Conditioning({"encoder_hidden_states": emb, "encoder_attention_mask": mask}, {"text_embeddings": emb})
+
+
+#: manifest ``pipeline.conditioning`` -> its adapter
+CONDITIONINGS = {"text": TextConditioning}
+
+
 class TextToImage:
     """A text-to-image pipeline over one artifacts folder and one backend.
 
@@ -104,7 +180,7 @@ class TextToImage:
         self.artifacts, self.backend = artifacts, backend
         self.low_memory, self.progress, self.verbose = low_memory, progress, verbose
         self._runners: dict[str, Runner] = {}
-        self._tokenizer = tokenizer  # None: read the export's tokenizer files on first use
+        self.conditioning = CONDITIONINGS[artifacts.pipeline.conditioning](self, tokenizer=tokenizer)
 
     @classmethod
     def open(cls, folder: str | Path, backend: str = "onnxruntime", *, variant: str | None = None,
@@ -136,19 +212,14 @@ class TextToImage:
     # --- checks -------------------------------------------------------------------------------
 
     def tokenizer(self):
-        """The export's torch-free tokenizer: a word vocabulary, or Gemma-2's (the ``tokenizers`` package)."""
-        if self._tokenizer is None:
-            from dcae_deploy.tokenizer import load_tokenizer
-
-            self._tokenizer = load_tokenizer(self.artifacts.tokenizer_path())
-        return self._tokenizer
+        """The text conditioning's tokenizer (see :meth:`TextConditioning.tokenizer`)."""
+        return self.conditioning.tokenizer()
 
     def resolve(self, config: GenerationConfig) -> GenerationConfig:
         """Fill defaults from the manifest and check the request against the export's profiles."""
         d = self.artifacts.pipeline.defaults
         config = replace(
-            config,
-            prompts=check_prompts(config.prompts),
+            self.conditioning.check(config),
             steps=d.steps if config.steps is None else config.steps,
             guidance_scale=d.guidance_scale if config.guidance_scale is None else config.guidance_scale,
             height=d.height if config.height is None else config.height,
@@ -186,29 +257,8 @@ class TextToImage:
     # --- the stages ---------------------------------------------------------------------------
 
     def encode_text(self, texts: Sequence[str], instruction: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings float32 (N, L, C), attention mask int64 (N, L)) for ``texts``, in text-encoder batches.
-
-        ``instruction=False`` encodes without the complex human instruction (Gemma-2 tokenizers only), as
-        SANA encodes its negative prompt. ``L`` is the text encoder's output length: the mask keeps the
-        positions the graph keeps (BOS + the last ``max_length - 1``).
-        """
-        from dcae_deploy.tokenizer import select_positions
-
-        tokenizer = self.tokenizer()
-        unknown = sorted({w for t in texts for w in tokenizer.unknown_words(t)})
-        if unknown:
-            print(f"[generate] warning: words outside the vocabulary are ignored as <unk>: {', '.join(unknown)}",
-                  file=sys.stderr)
-        ids, mask = tokenizer(list(texts), instruction=instruction)
-        runner = self._runner("text_encoder")
-        chunk = self.artifacts.max_batch("text_encoder")
-        out = []
-        for s in range(0, len(ids), chunk):
-            result = runner.infer({"input_ids": ids[s:s + chunk], "attention_mask": mask[s:s + chunk]})
-            out.append(np.asarray(result["text_embeddings"], dtype=np.float32))
-        emb = np.concatenate(out)
-        self._check("text_encoder", emb)
-        return emb, select_positions(mask, emb.shape[1]).astype(np.int64)
+        """Caption embeddings and mask (see :meth:`TextConditioning.encode_text`)."""
+        return self.conditioning.encode_text(texts, instruction=instruction)
 
     def generate(self, config: GenerationConfig) -> GenerationResult:
         config = self.resolve(config)
@@ -218,14 +268,9 @@ class TextToImage:
         sampler = SamplerConfig(config.sampler, config.steps, pipe.defaults.flow_shift, config.guidance_scale)
         n = len(config.prompts)
 
-        with timings.stage("text_encoder"):
-            guided = sampler.uses_guidance
-            emb, mask = self.encode_text(config.prompts)
-            if guided:  # the negative rows, one per image, then the prompts: [neg * n, pos * n]
-                neg, neg_mask = self.encode_text([config.negative_prompt], instruction=False)
-                emb = np.concatenate([np.repeat(neg, n, axis=0), emb])
-                mask = np.concatenate([np.repeat(neg_mask, n, axis=0), mask])
-            self._release("text_encoder")
+        guided = sampler.uses_guidance
+        with timings.stage(self.conditioning.components[0]):
+            condition = self.conditioning.encode(config, guided)
 
         h, w = config.height // ratio, config.width // ratio
         noise = initial_noise(config.seed, n, (pipe.autoencoder.latent_channels, h, w))
@@ -238,7 +283,7 @@ class TextToImage:
                 rows = list(range(s, min(s + per_call, n)))
                 rows2 = rows + [n + r for r in rows] if guided else rows
                 states = runner.prepare({"latent": noise[rows], "timestep": np.zeros(len(rows2), np.float32),
-                                         "encoder_hidden_states": emb[rows2], "encoder_attention_mask": mask[rows2]})
+                                         **{k: v[rows2] for k, v in condition.feeds.items()}})
                 first: list[np.ndarray] = []
 
                 def velocity(x, t, states=states, first=first):
@@ -260,7 +305,7 @@ class TextToImage:
             self._release("decoder")
         result = GenerationResult(
             images=to_uint8(image),
-            stages={"text_embeddings": emb, "first_step": np.concatenate(first_steps), "latent": latent, "image": image},
+            stages={**condition.stages, "first_step": np.concatenate(first_steps), "latent": latent, "image": image},
             timings=dict(timings.seconds),
         )
         if self.verbose:
