@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dcae_deploy.cli import run_cli
+from dcae_deploy.cli import run_cli, run_subcommand
 from dcae_deploy.errors import DcaeDeployError
 
 
@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", required=True)
     p.add_argument("--output", required=True)
     p.set_defaults(func=_reconstruct)
-    args = parser.parse_args(argv)
-    args.func(args)
-    return 0
+    return run_subcommand(parser, argv)
 
 
 if __name__ == "__main__":

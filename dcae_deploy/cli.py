@@ -23,3 +23,10 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     if status == 0:
         print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return status
+
+
+def run_subcommand(parser, argv: list[str] | None) -> int:
+    """Parse ``argv`` with a parser whose subcommands ``set_defaults(func=...)``, and run the chosen one."""
+    args = parser.parse_args(argv)
+    args.func(args)
+    return 0

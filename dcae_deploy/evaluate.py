@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         from dcae_deploy.shipped_demo import demo_folder
 
         models = load_pipeline(args.checkpoint or demo_folder())
-        config = models.config
+        config = models.config.sampling
         generate = torch_generator(models, args.steps or config.steps, _guidance(args, config),
                                    config.height, config.width)
         autoencoder = models.autoencoder

@@ -111,12 +111,12 @@ class TextEncoderFacts:
 class SamplerDefaults:
     """The pipeline's default request: image size, steps, guidance, flow shift, sampler name."""
 
-    height: int
-    width: int
-    steps: int
-    guidance_scale: float
-    flow_shift: float
-    sampler: str
+    height: int = 1024
+    width: int = 1024
+    steps: int = 20
+    guidance_scale: float = 4.5
+    flow_shift: float = 3.0
+    sampler: str = "dpm-solver++"
 
 
 #: manifest key -> facts class of each part of a pipeline section

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from dcae_deploy.models.autoencoder_family import AutoencoderConfig, DecoderConfig, EncoderConfig
+from dcae_deploy.manifest import SamplerDefaults
 from dcae_deploy.models.denoiser_family import DenoiserConfig
 from dcae_deploy.models.pipeline_config import PipelineConfig
 from dcae_deploy.models.text_encoder_family import TextEncoderConfig
@@ -273,12 +274,14 @@ register(
         autoencoder="demo-f32c32",
         denoiser="demo-denoiser",
         text_encoder="demo-text",
-        height=128,
-        width=128,
-        steps=20,
-        # chosen on 100 training prompts (python -m dcae_deploy.evaluate --prompt-split train --guidance G):
-        # shape 72% at 2, 80% at 3, 84% at 4, 79% at 5, 78% at 6, 74% at 8; foreground colour 99-100% at each
-        guidance_scale=4.0,
+        sampling=SamplerDefaults(
+            height=128,
+            width=128,
+            steps=20,
+            # chosen on 100 training prompts (python -m dcae_deploy.evaluate --prompt-split train --guidance G):
+            # shape 72% at 2, 80% at 3, 84% at 4, 79% at 5, 78% at 6, 74% at 8; foreground colour 99-100% at each
+            guidance_scale=4.0,
+        ),
         description="shipped demo: coloured shapes from captions ('a red circle on a blue background')",
     )
 )
@@ -358,10 +361,12 @@ register(
         autoencoder="tiny-f32c32-sana",
         denoiser="tiny-sana",
         text_encoder="tiny-gemma-2",
-        height=64,
-        width=64,
-        steps=4,
-        guidance_scale=4.5,
+        sampling=SamplerDefaults(
+            height=64,
+            width=64,
+            steps=4,
+            guidance_scale=4.5,
+        ),
         description="tiny text-to-image pipeline for tests: tiny DC-AE + tiny SANA DiT + tiny Gemma-2",
     )
 )
@@ -371,11 +376,13 @@ register(
         autoencoder="f32c32-sana",
         denoiser="sana-600m",
         text_encoder="tiny-gemma-2-2304",
-        height=256,
-        width=256,
-        steps=2,
-        guidance_scale=4.5,
-        flow_shift=3.0,
+        sampling=SamplerDefaults(
+            height=256,
+            width=256,
+            steps=2,
+            guidance_scale=4.5,
+            flow_shift=3.0,
+        ),
         description="real-size DC-AE f32c32-sana + SANA-600M with a tiny Gemma-2: end-to-end checks against diffusers",
     )
 )
@@ -385,11 +392,13 @@ register(
         autoencoder="f32c32-sana",
         denoiser="sana-600m",
         text_encoder="gemma-2-2b-it",
-        height=1024,
-        width=1024,
-        steps=20,
-        guidance_scale=4.5,
-        flow_shift=3.0,
+        sampling=SamplerDefaults(
+            height=1024,
+            width=1024,
+            steps=20,
+            guidance_scale=4.5,
+            flow_shift=3.0,
+        ),
         description="SANA 0.6B text-to-image (Sana_600M_1024px): DC-AE f32c32-sana + SANA-600M + Gemma-2-2B-IT",
     )
 )
@@ -399,11 +408,13 @@ register(
         autoencoder="f32c32-sana",
         denoiser="sana-1600m",
         text_encoder="gemma-2-2b-it",
-        height=1024,
-        width=1024,
-        steps=20,
-        guidance_scale=4.5,
-        flow_shift=3.0,
+        sampling=SamplerDefaults(
+            height=1024,
+            width=1024,
+            steps=20,
+            guidance_scale=4.5,
+            flow_shift=3.0,
+        ),
         description="SANA 1.6B text-to-image (Sana_1600M_1024px): DC-AE f32c32-sana + SANA-1600M + Gemma-2-2B-IT",
     )
 )

@@ -58,7 +58,7 @@ def test_evaluate_draws_the_same_images_with_pytorch_and_onnxruntime(demo_export
 
     prompts = heldout_prompts(2)
     models = load_pipeline(demo_folder())
-    c = models.config
+    c = models.config.sampling
     eager = torch_generator(models, c.steps, c.guidance_scale, c.height, c.width)(prompts, 7)
     with TextToImage.open(demo_export, backend="onnxruntime", progress=False) as pipe:
         exported = pipe.generate(GenerationConfig(prompts=tuple(prompts), seed=7)).images

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dcae_deploy.cli import run_cli
+from dcae_deploy.cli import run_cli, run_subcommand
 from dcae_deploy.engines.common import FLAVOURS, PORTABLE_TARGET
 
 
@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-verify", action="store_true", help="skip the plan SHA-256 check")
     p.set_defaults(func=_info)
 
-    args = parser.parse_args(argv)
-    args.func(args)
-    return 0
+    return run_subcommand(parser, argv)
 
 
 if __name__ == "__main__":

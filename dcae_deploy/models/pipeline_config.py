@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from dcae_deploy.manifest import SamplerDefaults
 from dcae_deploy.registry import get_variant
@@ -17,7 +17,7 @@ from dcae_deploy.registry import get_variant
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """A text-to-image model: names of its three parts plus its sampling defaults.
+    """A text-to-image model: names of its three parts plus its sampling defaults (``sampling``).
 
     A pipeline checkpoint is a folder with ``vae/``, ``transformer/`` and ``text_encoder/`` (and
     ``tokenizer/``) sub-folders, as ``diffusers.SanaPipeline.save_pretrained`` writes.
@@ -29,12 +29,7 @@ class PipelineConfig:
     autoencoder: str
     denoiser: str
     text_encoder: str
-    height: int = 1024
-    width: int = 1024
-    steps: int = 20
-    guidance_scale: float = 4.5
-    flow_shift: float = 3.0
-    sampler: Literal["dpm-solver++", "euler"] = "dpm-solver++"
+    sampling: SamplerDefaults = SamplerDefaults()  # image size, steps, guidance, flow shift, sampler
     description: str = ""
 
     def parts(self) -> dict[str, Any]:
@@ -51,10 +46,10 @@ class PipelineConfig:
     @property
     def image_size(self) -> int:
         """The pipeline's own image side: the optimum of its export profile."""
-        return self.height
+        return self.sampling.height
 
     def sampler_defaults(self) -> SamplerDefaults:
-        return SamplerDefaults(self.height, self.width, self.steps, self.guidance_scale, self.flow_shift, self.sampler)
+        return self.sampling
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -64,6 +64,12 @@ class Artifacts:
     def graph_path(self, name: str) -> Path:
         return self.folder / self.component(name).file
 
+    def required_components(self) -> tuple[str, ...]:
+        """What a run of this export needs: a pipeline's generation components, else every exported one."""
+        if self.pipeline is None:
+            return tuple(self.manifest.components)
+        return REQUIRED_COMPONENTS[self.pipeline.conditioning]
+
     def tokenizer_path(self) -> Path:
         return self.folder / self.pipeline.text_encoder.tokenizer
 

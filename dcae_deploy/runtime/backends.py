@@ -128,7 +128,7 @@ class TensorRTBackend(Backend):
     def runner(self, component: str) -> Runner:
         from dcae_deploy.runtime.runners.tensorrt import TensorRTRunner
 
-        return TensorRTRunner(self.artifacts.component(component), self.engine_dir / f"{component}.plan", self.flavour)
+        return TensorRTRunner(self.artifacts.component(component), self.engine_dir / f"{component}{PLAN_SUFFIX}", self.flavour)
 
     def has(self, component: str) -> bool:
         return super().has(component) and (self.engine_dir / f"{component}{PLAN_SUFFIX}").is_file()
@@ -157,7 +157,7 @@ def open_component(folder, component: str, backend: str = "onnxruntime",
 
 def find_engine_dir(artifacts: Artifacts, engine_dir: str | Path | None) -> Path:
     """The folder of ``<component>.plan`` files: ``engine_dir`` if given, else the only match under ``engines/``."""
-    needed = ("text_encoder", "denoiser", "decoder")
+    needed = artifacts.required_components()
     if engine_dir is not None:
         folder = Path(engine_dir)
         missing = [c for c in needed if not (folder / f"{c}{PLAN_SUFFIX}").is_file()]

@@ -44,11 +44,6 @@ def _import_ort():
     return ort
 
 
-def cuda_available() -> bool:
-    ort = _import_ort()
-    return "CUDAExecutionProvider" in ort.get_available_providers()
-
-
 @dataclass(frozen=True)
 class OrtSettings:
     """Session settings (benchmarks/ort_cpu_options.py compares the alternatives)."""
