@@ -264,9 +264,10 @@ def component_spec(config: Any, name: str, parts: Any, res: Resolution, tokenize
 
 def module_call(config: Any, name: str, parts: Any) -> tuple[nn.Module, Callable[[dict], torch.Tensor]]:
     """(module, fn over named torch inputs) that runs component ``name`` of ``config`` in PyTorch."""
-    if name not in component_defs(config):
-        raise DcaeDeployError(f"{config.name!r} has no component {name!r}; it has {', '.join(component_defs(config))}")
-    role, definition = component_defs(config)[name]
+    defs = component_defs(config)
+    if name not in defs:
+        raise DcaeDeployError(f"{config.name!r} has no component {name!r}; it has {', '.join(defs)}")
+    role, definition = defs[name]
     part = getattr(parts, role, None)
     if part is None:
         raise DcaeDeployError(f"component {name!r} needs the {role} of {config.name!r}, which is not loaded")
@@ -315,7 +316,7 @@ def pipeline_section(config: Any, parts: Any, tokenizer: Any, tokenizer_file: st
     facts = {role: family_of(part).facts(part, tokenizer, tokenizer_file)
              for role, part in part_configs(config, parts).items()}
     return PipelineSection(variant=config.name, conditioning=config.conditioning,
-                           defaults=config.sampler_defaults(), **facts)
+                           defaults=config.sampling, **facts)
 
 
 def autoencoder_fields(config: Any, parts: Any) -> dict[str, Any]:

@@ -48,8 +48,5 @@ class PipelineConfig:
         """The pipeline's own image side: the optimum of its export profile."""
         return self.sampling.height
 
-    def sampler_defaults(self) -> SamplerDefaults:
-        return self.sampling
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

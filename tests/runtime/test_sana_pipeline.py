@@ -60,7 +60,7 @@ def test_runtime_matches_diffusers_sana_pipeline(tmp_path):
             vae=vae,
             transformer=transformer,
             scheduler=diffusers.DPMSolverMultistepScheduler(
-                flow_shift=config.flow_shift, use_flow_sigmas=True, prediction_type="flow_prediction"
+                flow_shift=config.sampling.flow_shift, use_flow_sigmas=True, prediction_type="flow_prediction"
             ),
         )
         ours = PipelineModels(
@@ -76,7 +76,7 @@ def test_runtime_matches_diffusers_sana_pipeline(tmp_path):
             request = t2i.resolve(request)
 
         # the runtime's initial noise (numpy, seed + i), handed to diffusers as its latents
-        channels, side = parts["autoencoder"].latent_channels, config.height // 32
+        channels, side = parts["autoencoder"].latent_channels, config.sampling.height // 32
         noise = np.stack([np.random.default_rng(SEED + i).standard_normal((channels, side, side), dtype=np.float32)
                           for i in range(len(PROMPTS))])
         captured = {}
