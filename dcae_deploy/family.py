@@ -66,8 +66,8 @@ class ModelFamily:
     ``"other.module:function"``); :meth:`function` imports one. ``facts(config, tokenizer, tokenizer_file)`` gives this part's entry of the manifest's
     ``pipeline`` section (a dataclass of :mod:`dcae_deploy.manifest`); ``image_ratio(config)`` is how many
     image pixels one cell of the component's spatial input covers (1 for a text encoder);
-    ``tokenizer(config, folder_or_None)``, for families that read text, gives the tokenizer saved in
-    ``folder`` or, with None, the variant's built-in one.
+    ``tokenizer(config, folder_or_None, search)``, for families that read text, gives the tokenizer saved in
+    ``folder`` or, with None, the variant's built-in one (:meth:`load_tokenizer`).
     """
 
     name: str
@@ -97,9 +97,10 @@ class ModelFamily:
     def save_module(self, module: Any, path: Any) -> Any:
         return self.function(self.save)(module, path)
 
-    def load_tokenizer(self, config: Any, folder: Any = None) -> Any:
-        """The tokenizer saved in ``folder`` (None: the variant's built-in one); None if the family reads no text."""
-        return self.function(self.tokenizer)(config, folder) if self.tokenizer else None
+    def load_tokenizer(self, config: Any, folder: Any = None, search: bool = True) -> Any:
+        """The tokenizer saved in ``folder`` (None: the variant's built-in one; ``search``: also look beside a
+        bare checkpoint, else fall back to the built-in one); None if the family reads no text."""
+        return self.function(self.tokenizer)(config, folder, search) if self.tokenizer else None
 
 
 FAMILIES: dict[type, ModelFamily] = {}

@@ -26,7 +26,7 @@ from dcae_deploy.export.gate import OnnxGraphRunner, ParityError, compare, summa
 from dcae_deploy.export.onnx_export import OPSET, export_onnx
 from dcae_deploy.family import component_names, image_ratio, roles_for, text_components
 from dcae_deploy.manifest import Component, Manifest, sha256_file, write_manifest
-from dcae_deploy.models.pipeline import PipelineModels
+from dcae_deploy.models.pipeline import PipelineModels, build_parts, load_parts
 from dcae_deploy.registry import get_variant
 from dcae_deploy.specs import (
     DEFAULT_RESOLUTION,
@@ -153,8 +153,6 @@ def _prepare_output(path: Path) -> Path:
 def _load_parts(config, checkpoint, names: list[str]) -> PipelineModels:
     """Build (random weights, with a loud warning) or load the PyTorch parts of ``config`` that the
     components ``names`` need (a pipeline's decoder alone does not load its text encoder)."""
-    from dcae_deploy.models.pipeline import build_parts, load_parts
-
     if checkpoint is None:
         log("=" * 78)
         log(f"WARNING: no --checkpoint: exporting RANDOMLY INITIALISED {config.name} weights.")

@@ -54,9 +54,9 @@ def _check_parts(parts) -> tuple[str, ...]:
     return parts
 
 
-def _part_tokenizer(config, folder: Path | None):
+def _part_tokenizer(config, folder: Path | None, search: bool = True):
     """The tokenizer of a part that reads text (None for the others): saved in ``folder``, else built in."""
-    return family_of(config).load_tokenizer(config, folder)
+    return family_of(config).load_tokenizer(config, folder, search)
 
 
 def build_pipeline(variant: str | PipelineConfig, seed: int = 0, parts=None) -> PipelineModels:
@@ -92,7 +92,7 @@ def load_pipeline(folder: str | Path, variant: str | None = None, parts=None) ->
     # weights may be stored in fp16 (the shipped demo); compute in fp32
     loaded = {p: family_of(configs[p]).load_module(folder / SUBFOLDERS[p], configs[p].name).float().eval()
               for p in wanted}
-    tokenizer = _part_tokenizer(configs["text_encoder"], folder / "tokenizer") if "text_encoder" in wanted else None
+    tokenizer = _part_tokenizer(configs["text_encoder"], folder / "tokenizer", search=False) if "text_encoder" in wanted else None
     return PipelineModels(config=config, tokenizer=tokenizer, **_by_role(loaded))
 
 

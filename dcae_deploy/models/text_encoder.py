@@ -143,9 +143,10 @@ def load_tokenizer(folder: str | Path, config: TextEncoderConfig | str):
     return _implementation(config).load_tokenizer(Path(folder), config)
 
 
-def tokenizer_for(config: TextEncoderConfig | str, folder: str | Path | None = None):
-    """The tokenizer saved with a text-encoder checkpoint ``folder`` (in it, in ``folder/tokenizer`` or in
-    ``../tokenizer``), or the variant's built-in one when ``folder`` is None or holds no tokenizer files."""
+def tokenizer_for(config: TextEncoderConfig | str, folder: str | Path | None = None, search: bool = True):
+    """The variant's built-in tokenizer when ``folder`` is None; with ``search=False`` exactly the tokenizer saved
+    in ``folder`` (a pipeline folder's ``tokenizer/``); else the one saved with a bare text-encoder checkpoint
+    ``folder`` (in it, in ``folder/tokenizer`` or in ``../tokenizer``), falling back to the built-in one."""
     import sys
 
     from dcae_deploy.tokenizer import TOKENIZER_FILES
@@ -154,6 +155,8 @@ def tokenizer_for(config: TextEncoderConfig | str, folder: str | Path | None = N
     if folder is None:
         return default_tokenizer(config)
     folder = Path(folder)
+    if not search:
+        return load_tokenizer(folder, config)
     for candidate in (folder, folder / "tokenizer", folder.parent / "tokenizer"):
         if any((candidate / name).is_file() for name in TOKENIZER_FILES):
             return load_tokenizer(candidate, config)

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from dcae_deploy.runtime.artifacts import Artifacts
+from dcae_deploy.runtime.artifacts import Artifacts, open_export
 from dcae_deploy.runtime.errors import BackendError
 from dcae_deploy.runtime.runners.base import Runner
 from dcae_deploy.tensorrt_support import FLAVOURS, PLAN_SUFFIX, EngineInfoError, read_sidecar, sidecar_paths
@@ -125,13 +125,16 @@ class TensorRTBackend(Backend):
         self.engine_dir = find_engine_dir(artifacts, options.engine_dir)
         self.flavour = options.trt_flavour or _sidecar_flavour(self.engine_dir)
 
+    def plan(self, component: str) -> Path:
+        return self.engine_dir / f"{component}{PLAN_SUFFIX}"
+
     def runner(self, component: str) -> Runner:
         from dcae_deploy.runtime.runners.tensorrt import TensorRTRunner
 
-        return TensorRTRunner(self.artifacts.component(component), self.engine_dir / f"{component}{PLAN_SUFFIX}", self.flavour)
+        return TensorRTRunner(self.artifacts.component(component), self.plan(component), self.flavour)
 
     def has(self, component: str) -> bool:
-        return super().has(component) and (self.engine_dir / f"{component}{PLAN_SUFFIX}").is_file()
+        return super().has(component) and self.plan(component).is_file()
 
 
 def open_backend(name: str, artifacts: Artifacts, options: BackendOptions | None = None) -> Backend:
@@ -148,8 +151,6 @@ def open_component(folder, component: str, backend: str = "onnxruntime",
     Works on any export folder (a pipeline or a bare family variant) and any backend of :data:`BACKENDS`;
     close it (or use it as a context manager) to free its memory. This signature is stable.
     """
-    from dcae_deploy.runtime.artifacts import open_export
-
     artifacts = open_export(folder)
     artifacts.component(component)  # a clear error for a component the export lacks
     return open_backend(backend, artifacts, options).runner(component).load()
