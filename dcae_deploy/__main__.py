@@ -6,8 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from dcae_deploy.cli import run_cli, run_subcommand
+from dcae_deploy.checkpoints import atomic_write
+from dcae_deploy.cli import check_output_file, run_cli, run_subcommand
 from dcae_deploy.errors import DcaeDeployError
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def _variants(args: argparse.Namespace) -> None:
@@ -24,6 +28,13 @@ def _variants(args: argparse.Namespace) -> None:
             f"{name:<20} {cfg.spatial_compression_ratio:>4} {cfg.latent_channels:>6} {cfg.scaling_factor:>8g} "
             f"{params:>14,}  {cfg.description}"
         )
+    print("\nother variants (python -m dcae_deploy.export --model NAME):")
+    print(f"{'variant':<20} {'kind':<13} description")
+    for kind in ("pipeline", "denoiser", "text_encoder"):
+        for name in list_variants(kind, include_tiny=args.all):
+            cfg = get_variant(name)
+            parts = (f" [{cfg.autoencoder} + {cfg.denoiser} + {cfg.text_encoder}]" if kind == "pipeline" else "")
+            print(f"{name:<20} {kind:<13} {cfg.description}{parts}")
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
@@ -31,8 +42,10 @@ def _reconstruct(args: argparse.Namespace) -> None:
     import torch
     from PIL import Image
 
+    from dcae_deploy.checkpoints import nonfinite_cause
     from dcae_deploy.models.autoencoder_io import load_autoencoder
 
+    check_output_file(args.output, "--output", IMAGE_SUFFIXES)
     model = load_autoencoder(args.checkpoint, args.variant)
     try:
         image = Image.open(args.image).convert("RGB")
@@ -47,10 +60,15 @@ def _reconstruct(args: argparse.Namespace) -> None:
         x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
         latents = model.encode(x)
         recon = model.decode(latents)
+    if not (bool(torch.isfinite(latents).all()) and bool(torch.isfinite(recon).all())):
+        stage = "encoder" if not bool(torch.isfinite(latents).all()) else "decoder"
+        raise DcaeDeployError(f"the {stage} of {model.config.name} produced NaN/Inf on {args.image}, so no image "
+                              f"was written: {nonfinite_cause(model)}")
     mse = torch.mean((recon.clamp(-1, 1) - x) ** 2 / 4).item()
     out = ((recon[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(out).save(args.output)
+    atomic_write(args.output, lambda tmp: Image.fromarray(out).save(tmp, format=Image.registered_extensions()[
+        Path(args.output).suffix.lower()]))
     psnr = 10 * np.log10(1.0 / max(mse, 1e-12))
     print(f"{model.config.name}: {width}x{height} -> latent {tuple(latents.shape[1:])} -> {args.output}, PSNR {psnr:.2f} dB")
 
@@ -58,14 +76,15 @@ def _reconstruct(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dcae_deploy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("variants", help="list registered autoencoder variants with parameter counts")
-    p.add_argument("--all", action="store_true", help="include the tiny test variants")
+    p = sub.add_parser("variants", help="list the registered variants: autoencoders with parameter counts, then "
+                       "pipelines, denoisers and text encoders")
+    p.add_argument("--all", action="store_true", help="include the tiny test variants of every kind")
     p.set_defaults(func=_variants)
     p = sub.add_parser("reconstruct", help="encode and decode an image with a local checkpoint")
     p.add_argument("--checkpoint", required=True, help="diffusers folder, efficientvit file/folder or dcae_deploy save")
     p.add_argument("--variant", default=None, help="variant the weights must fit (default: from the checkpoint)")
     p.add_argument("--image", required=True)
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help=f"the reconstruction ({', '.join(IMAGE_SUFFIXES)})")
     p.set_defaults(func=_reconstruct)
     return run_subcommand(parser, argv)
 

@@ -58,12 +58,24 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted save or download; write or copy it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        needs_code = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
+        if needs_code:  # the pickle asks for a class or function: never executed here
+            raise CheckpointError(
+                f"cannot load {path} with torch.load(weights_only=True): {needs_code[0]}. dcae_deploy never unpickles code; "
+                "a file that needs it must be converted to safetensors by its producer"
+            ) from exc
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # torch's weights-only message starts with advice that does not apply to a damaged file: keep the cause
+        causes = [line for line in lines if not line.startswith(("Weights only load failed", "Please file", "Check the"))]
+        first_line = (causes or lines or [type(exc).__name__])[0].split(". This is an internal")[0]
         raise CheckpointError(
-            f"cannot load {path} with torch.load(weights_only=True): {exc}. dcae_deploy never unpickles code; "
-            "a file that needs it must be converted to safetensors by its producer"
+            f"cannot read {path}: the file is truncated or is not a PyTorch checkpoint ({first_line}); "
+            "write or copy it again"
         ) from exc
     for key in _WRAPPER_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
@@ -72,6 +84,28 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return dict(obj)
+
+
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or Inf (a corrupt or diverged checkpoint)."""
+    import torch
+
+    return [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def describe_nonfinite(names: list[str], shown: int = 5) -> str:
+    """``"3 tensors hold NaN/Inf: a, b, c"`` for an error message."""
+    more = f" ... and {len(names) - shown} more" if len(names) > shown else ""
+    count = f"{len(names)} tensors hold" if len(names) != 1 else "1 tensor holds"
+    return f"{count} NaN/Inf: {', '.join(names[:shown])}{more}"
+
+
+def nonfinite_cause(module: torch.nn.Module) -> str:
+    """What to tell a user whose fp32 PyTorch model produced NaN/Inf: its non-finite weights, if it has any."""
+    bad = nonfinite_tensors(dict(module.state_dict()))
+    if bad:
+        return f"the checkpoint is corrupt or diverged ({describe_nonfinite(bad)}); use an intact checkpoint"
+    return "its weights are all finite, so the input or the fp32 arithmetic overflows; check the input"
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

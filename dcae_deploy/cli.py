@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from dcae_deploy.errors import DcaeDeployError
 
@@ -30,3 +33,33 @@ def run_subcommand(parser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     args.func(args)
     return 0
+
+
+def check_output_file(path: str, flag: str, suffixes: tuple[str, ...] | None = None) -> Path:
+    """Refuse an output path before any work is done: a folder, a wrong suffix, a folder that cannot be
+    created or written. ``suffixes``: allowed lower-case extensions (``(".png",)``); None allows any."""
+    out = Path(path).expanduser()
+    if suffixes is not None and out.suffix.lower() not in suffixes:
+        raise DcaeDeployError(f"{flag} {path} must end in {' or '.join(suffixes)}")
+    if out.is_dir():
+        raise DcaeDeployError(f"{flag} {path} is a folder: name a file inside it")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:  # the nearest folder that exists decides
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DcaeDeployError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+    try:  # a real write says what permissions, read-only mounts and quotas allow (os.access does not, for root)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise DcaeDeployError(f"{flag} {path}: cannot write into {parent} ({exc.strerror}); choose another path") from exc
+    if out.exists() and not os.access(out, os.W_OK):
+        raise DcaeDeployError(f"{flag} {path} exists and is read-only; choose another path")
+    return out
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """Seeds are non-negative integers (numpy's generators refuse negative ones)."""
+    if seed < 0:
+        raise DcaeDeployError(f"{flag} must be a non-negative integer, got {seed}")
+    return seed

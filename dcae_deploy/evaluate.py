@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from dcae_deploy.cli import run_cli
+from dcae_deploy.cli import check_output_file, run_cli
 from dcae_deploy.errors import DcaeDeployError
 
 EVAL_SEED = 20_261_124  # images and prompts for evaluation; training uses small seeds
@@ -64,7 +64,12 @@ def reconstruction_psnr(autoencoder, count: int = 64, resolution: int = 128, bat
     with torch.no_grad():
         for start in range(0, count, batch_size):
             x = torch.stack([data[i]["image"] for i in range(start, min(start + batch_size, count))])
-            y = autoencoder.decode(autoencoder.encode(x)).clamp(-1, 1)
+            y = autoencoder.decode(autoencoder.encode(x))
+            if not bool(torch.isfinite(y).all()):
+                from dcae_deploy.checkpoints import nonfinite_cause
+
+                raise DcaeDeployError(f"the autoencoder's reconstructions hold NaN/Inf: {nonfinite_cause(autoencoder)}")
+            y = y.clamp(-1, 1)
             mse = ((y - x) / 2).pow(2).flatten(1).mean(1)
             psnrs += (10 * torch.log10(1 / mse.clamp_min(1e-12))).tolist()
     return {"psnr_mean": float(np.mean(psnrs)), "psnr_min": float(np.min(psnrs)), "images": count}
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="a pipeline folder (PyTorch); default: the shipped demo model")
     src.add_argument("--artifacts", help="an exported pipeline folder (manifest.json), run through --backend")
-    p.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS), help="with --artifacts: the backend")
+    p.add_argument("--backend", default=None, choices=list(BACKENDS),
+                   help="with --artifacts: the backend (default: onnxruntime)")
     p.add_argument("--num-prompts", type=int, default=100)
     p.add_argument("--prompt-split", choices=sorted(PROMPT_SPLITS), default="heldout",
                    help="held-out caption triples (the evaluation) or training ones (to tune sampling settings)")
@@ -123,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-shape", type=float, help="fail below this shape accuracy (0-1)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-    if args.num_prompts < 0 or args.reconstruction_images < 0:
-        raise DcaeDeployError("--num-prompts and --reconstruction-images must be >= 0")
+    check_arguments(args)
 
     results: dict[str, dict[str, float]] = {}
     if args.artifacts:
@@ -154,6 +159,31 @@ def main(argv: list[str] | None = None) -> int:
 
         write_json(args.json, results)
     return _check_goals(args, results)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad, ignored or empty requests before any model is loaded."""
+    from dcae_deploy.runtime.schedulers import guidance_note
+
+    if args.num_prompts < 0 or args.reconstruction_images < 0:
+        raise DcaeDeployError("--num-prompts and --reconstruction-images must be >= 0")
+    if args.backend is not None and not args.artifacts:
+        raise DcaeDeployError(f"--backend {args.backend} says how an export runs: add --artifacts EXPORT_DIR, or drop "
+                              "--backend to evaluate the PyTorch weights (--checkpoint, default: the shipped demo)")
+    args.backend = args.backend or "onnxruntime"
+    reconstruction = 0 if args.artifacts else args.reconstruction_images  # exports hold no encoder to check
+    if args.num_prompts == 0 and reconstruction == 0:
+        what = "--num-prompts 0 with --artifacts" if args.artifacts else "--num-prompts 0 and --reconstruction-images 0"
+        raise DcaeDeployError(f"nothing to evaluate ({what}): ask for at least one prompt or reconstruction image")
+    if args.steps is not None and args.steps < 1:
+        raise DcaeDeployError(f"--steps must be at least 1, got {args.steps}")
+    if args.batch_size < 1:
+        raise DcaeDeployError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.json:
+        check_output_file(args.json, "--json")
+    note = guidance_note(args.guidance)  # refuses nan, inf and negative scales
+    if note:
+        print(f"[evaluate] {note}", file=sys.stderr)
 
 
 def _guidance(args, config) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dcae_deploy.cli import run_cli
+from dcae_deploy.cli import check_output_file, check_seed, run_cli
 from dcae_deploy.errors import DcaeDeployError
 
 
@@ -49,19 +49,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad or ignored arguments before anything is loaded or computed."""
+    from dcae_deploy.runtime.schedulers import guidance_note
+
+    if args.batch < 1:
+        raise DcaeDeployError(f"--batch must be at least 1, got {args.batch}")
+    if args.steps is not None and args.steps < 1:
+        raise DcaeDeployError(f"--steps must be at least 1, got {args.steps}")
+    check_seed(args.seed)
+    check_output_file(args.output, "--output", (".png",))
+    if args.engine_dir is not None and args.backend != "tensorrt":
+        raise DcaeDeployError(f"--engine-dir holds TensorRT plans, which --backend {args.backend} does not use: "
+                              "add --backend tensorrt, or drop --engine-dir")
+    if args.checkpoint is not None and args.backend != "torch":
+        raise DcaeDeployError(f"--checkpoint names PyTorch weights, which --backend {args.backend} does not use "
+                              "(it runs exported graphs): add --backend torch to run them directly, or export them first "
+                              "(python -m dcae_deploy.export) and pass --artifacts")
+    note = guidance_note(args.guidance)  # refuses nan, inf and negative scales
+    if note:
+        print(f"[generate] {note}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dcae_deploy.runtime import BackendOptions, GenerationConfig, TextToImage, load_artifacts
     from dcae_deploy.runtime.image import output_paths, save_png
 
-    if args.batch < 1:
-        raise DcaeDeployError(f"--batch must be at least 1, got {args.batch}")
-    if not args.output.lower().endswith(".png"):
-        raise DcaeDeployError(f"--output {args.output} must end in .png")
+    check_arguments(args)
     eager = args.checkpoint is not None and args.artifacts is None  # PyTorch weights, no export
-    if eager and args.backend != "torch":
-        raise DcaeDeployError(f"--checkpoint without --artifacts runs PyTorch weights directly: add --backend torch, "
-                              f"or export them first for {args.backend} (python -m dcae_deploy.export)")
     if eager:
         artifacts = None
     elif args.artifacts is None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcae_deploy.cli import run_cli
+from dcae_deploy.cli import check_output_file, check_seed, run_cli
 from dcae_deploy.errors import DcaeDeployError
 from dcae_deploy.export.gate import MIN_IMAGE_PSNR_DB, REL_L2, ParityRecord, compare
 
@@ -164,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise DcaeDeployError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    check_seed(args.seed)
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.engine_dir is not None and "tensorrt" not in backends:
+        raise DcaeDeployError("--engine-dir holds TensorRT plans, but --backends has no tensorrt: add it, or drop --engine-dir")
     artifacts = load_artifacts(args.artifacts)
     options = BackendOptions(device=args.device, engine_dir=args.engine_dir, checkpoint=args.checkpoint)
     generation = GenerationConfig(prompts=(args.prompt,), negative_prompt=args.negative_prompt, seed=args.seed,

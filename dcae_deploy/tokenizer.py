@@ -20,6 +20,7 @@ PAD, BOS, UNK = "<pad>", "<bos>", "<unk>"
 SPECIALS = (PAD, BOS, UNK)
 VOCAB_FILE = "vocab.json"
 _WORD = re.compile(r"[a-z0-9]+")
+_NOT_READ = re.compile(r"[^\x00-\x7f]")  # what the word pattern drops that is not ASCII spacing or punctuation
 
 
 class WordTokenizer:
@@ -41,6 +42,34 @@ class WordTokenizer:
 
     def unknown_words(self, prompt: str) -> list[str]:
         return [w for w in self.words(prompt) if w not in self.ids]
+
+    def check_prompt(self, prompt: str, instruction: bool = True) -> list[str]:
+        """Warnings about what encoding ``prompt`` loses (the common tokenizer interface): characters outside
+        the ASCII words this tokenizer reads, words outside the vocabulary, words past its window.
+
+        Raises:
+            DcaeDeployError: a non-blank prompt of which no known word remains (it would be encoded as
+                the empty prompt, an unconditional image).
+        """
+        words = self.words(prompt)
+        unknown = sorted({w for w in words if w not in self.ids})
+        if prompt.strip() and len(unknown) == len(set(words)):
+            vocab = [w for w in self.vocab if w not in SPECIALS]
+            shown = ", ".join(vocab) if len(vocab) <= 40 else f"{len(vocab)} words"
+            raise DcaeDeployError(
+                f"the prompt {prompt!r} has no word this text encoder knows, so it would be encoded as the empty "
+                f"prompt (an unconditional image); its vocabulary: {shown}"
+            )
+        notes = []
+        dropped = sorted(set(_NOT_READ.findall(prompt)))
+        if dropped:
+            notes.append(f"characters the word tokenizer cannot read are dropped: {' '.join(dropped)}")
+        if unknown:
+            notes.append(f"words outside the vocabulary are ignored as <unk>: {', '.join(unknown)}")
+        if len(words) > self.max_length - 1:
+            notes.append(f"the prompt has {len(words)} words; the text encoder reads only the first "
+                         f"{self.max_length - 1} (up to {words[self.max_length - 2]!r})")
+        return notes
 
     def __call__(self, prompts: Sequence[str], instruction: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, attention_mask), both int64 (batch, max_length). ``instruction`` is the common tokenizer
@@ -147,6 +176,18 @@ class GemmaTokenizer:
     def unknown_words(self, prompt: str) -> list[str]:
         """None: the BPE falls back to bytes, so every character has a token (the common tokenizer interface)."""
         return []
+
+    def check_prompt(self, prompt: str, instruction: bool = True) -> list[str]:
+        """Warnings about what encoding ``prompt`` loses (the common tokenizer interface): only its tail past
+        the text encoder's window (the BPE falls back to bytes, so every character has a token)."""
+        text = prompt.lower().strip()
+        if instruction and self._chi is not None:
+            text = self._chi + text
+        total, window = len(self._encode([text], None)[0][0]), self.length(instruction)
+        if total <= window:
+            return []
+        return [f"the prompt is {total} tokens long{' with the instruction' if instruction and self._chi else ''}; "
+                f"the text encoder keeps the first {window}, so its last {total - window} tokens are cut"]
 
     def length(self, instruction: bool = True) -> int:
         """Tokens per row: ``len(tokens(CHI)) + max_length - 2`` with the instruction, else ``max_length``."""

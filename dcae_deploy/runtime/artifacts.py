@@ -100,6 +100,10 @@ def open_export(folder: str | Path, verify: bool = True) -> Artifacts:
         ManifestError: with ``verify``, a file that changed after export.
     """
     folder = Path(folder).expanduser()
+    if folder.is_file() and folder.name == MANIFEST_FILE:  # the manifest itself: its folder is meant
+        folder = folder.parent
+    elif folder.is_file():
+        raise ArtifactsError(f"artifacts {folder} is a file: pass the export folder, the one holding {MANIFEST_FILE}")
     if not folder.is_dir():
         raise ArtifactsError(f"artifacts folder {folder} does not exist: pass the folder an export wrote, or {EXPORT_HINT}")
     if not (folder / MANIFEST_FILE).is_file():

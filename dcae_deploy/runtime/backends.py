@@ -48,6 +48,10 @@ class Backend:
         """Whether this backend can run ``component`` of the export (optional ones: the split decoder)."""
         return component in self.artifacts.manifest.components
 
+    def nonfinite_cause(self, component: str) -> str | None:
+        """Why ``component`` produced NaN/Inf, when this backend can tell (None: the error names the likely cause)."""
+        return None
+
 
 BACKENDS: dict[str, type[Backend]] = {}
 
@@ -93,14 +97,32 @@ class TorchBackend(Backend):
                 self._models = load_parts(config, checkpoint)
         return self._models
 
+    def nonfinite_cause(self, component: str) -> str | None:
+        """The non-finite weights of the loaded parts, if any (an fp32 model on sound weights gives finite values)."""
+        from dcae_deploy.checkpoints import describe_nonfinite, nonfinite_tensors
+
+        if self._models is None:
+            return None
+        bad = [f"{role}.{name}" for role in ("text_encoder", "denoiser", "autoencoder")
+               if (module := getattr(self._models, role, None)) is not None
+               for name in nonfinite_tensors(dict(module.state_dict()))]
+        if not bad:
+            return None
+        return f"the checkpoint is corrupt or diverged ({describe_nonfinite(bad)}); use an intact checkpoint"
+
     def runner(self, component: str) -> Runner:
         from dcae_deploy.runtime.runners.torch import TorchRunner
 
+        import torch
+
         device = self.options.device
         if device == "auto":
-            import torch
-
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            reason = ("this torch is a CPU-only build" if torch.version.cuda is None
+                      else "torch sees no CUDA GPU (no device or no driver)")
+            raise BackendError(f"--device cuda with --backend torch: {reason} (torch {torch.__version__}); "
+                               "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
         return TorchRunner(self.artifacts.component(component), self.models, device=device)
 
 

@@ -14,12 +14,16 @@ class BackendError(DcaeDeployError):
 
 
 class NonFiniteError(DcaeDeployError):
-    """A stage produced NaN or Inf (typically a low-precision overflow): never turned into a black image."""
+    """A stage produced NaN or Inf: never turned into a black image. The message names the likely cause:
+    ``cause`` when the caller found it (non-finite weights), else what the export's precision suggests."""
 
-    def __init__(self, stage: str, backend: str, detail: str) -> None:
+    def __init__(self, stage: str, backend: str, detail: str, precision: str = "fp32", cause: str | None = None) -> None:
         self.stage, self.backend = stage, backend
-        super().__init__(
-            f"stage {stage!r} on backend {backend!r} produced non-finite values ({detail}). This is usually an "
-            "fp16 overflow in an engine or graph: use an fp32 or bf16 export, or compare backends with "
-            "`python -m dcae_deploy.parity`"
-        )
+        if cause is None and precision == "fp16":
+            cause = ("this is usually an fp16 overflow in an engine or graph: use an fp32 or bf16 export, or "
+                     "compare backends with `python -m dcae_deploy.parity`")
+        elif cause is None:
+            cause = (f"an {precision} run does not overflow on sound weights: the weights the export was made from "
+                     "probably hold NaN/Inf (a diverged or corrupt checkpoint; `--backend torch` names the tensors), "
+                     "or the request is extreme; compare backends with `python -m dcae_deploy.parity`")
+        super().__init__(f"stage {stage!r} on backend {backend!r} produced non-finite values ({detail}): {cause}")

@@ -138,10 +138,9 @@ class TextConditioning:
 
         g = self.generator
         tokenizer = self.tokenizer()
-        unknown = sorted({w for t in texts for w in tokenizer.unknown_words(t)})
-        if unknown:
-            print(f"[generate] warning: words outside the vocabulary are ignored as <unk>: {', '.join(unknown)}",
-                  file=sys.stderr)
+        notes = dict.fromkeys(note for t in texts for note in tokenizer.check_prompt(t, instruction=instruction))
+        for note in notes:  # raises for a prompt of which nothing would be read
+            print(f"[generate] warning: {note}", file=sys.stderr)
         ids, mask = tokenizer(list(texts), instruction=instruction)
         runner = g._runner("text_encoder")
         chunk = g.artifacts.max_batch("text_encoder")
@@ -226,6 +225,8 @@ class TextToImage:
             width=d.width if config.width is None else config.width,
             sampler=d.sampler if config.sampler is None else config.sampler,
         )
+        if config.seed < 0:
+            raise DcaeDeployError(f"--seed must be a non-negative integer, got {config.seed}")
         ratio = self.artifacts.pipeline.autoencoder.spatial_compression_ratio
         allowed = self.artifacts.size_range("denoiser")
         for flag, side in (("--height", config.height), ("--width", config.width)):
@@ -252,7 +253,18 @@ class TextToImage:
         finite = np.isfinite(array)
         if not finite.all():
             bad = int(array.size - finite.sum())
-            raise NonFiniteError(stage, self.backend.name, f"{bad} of {array.size} values in {array.shape}")
+            raise NonFiniteError(stage, self.backend.name, f"{bad} of {array.size} values in {array.shape}",
+                                 precision=self._stage_precision(stage), cause=self.backend.nonfinite_cause(stage))
+
+    def _stage_precision(self, stage: str) -> str:
+        """The precision a stage's graph computes in: fp16 when any of its tensors is float16 (the export's
+        precision otherwise), so that the overflow hint is given where fp16 can overflow."""
+        manifest = self.artifacts.manifest
+        if stage in manifest.components:
+            component = manifest.component(stage)
+            if any(t.dtype == "float16" for t in (*component.inputs, *component.outputs)):
+                return "fp16"
+        return self.artifacts.precision
 
     # --- the stages ---------------------------------------------------------------------------
 

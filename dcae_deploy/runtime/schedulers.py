@@ -9,6 +9,7 @@ checks numpy == torch to 1e-6). Classifier-free guidance batches both branches, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import numpy as np
 from dcae_deploy.errors import DcaeDeployError
 from dcae_deploy.sampling import DEFAULT_SAMPLER, SAMPLERS, FlowSchedule, flow_steps, guided
 
-__all__ = ["SAMPLERS", "SamplerConfig", "VelocityFn", "sample"]
+__all__ = ["SAMPLERS", "SamplerConfig", "VelocityFn", "check_guidance", "guidance_note", "sample"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class SamplerConfig:
             raise DcaeDeployError(f"unknown sampler {self.name!r}; choose one of {', '.join(SAMPLERS)}")
         if self.steps < 1:
             raise DcaeDeployError(f"--steps must be at least 1, got {self.steps}")
+        check_guidance(self.guidance_scale)
 
     @property
     def uses_guidance(self) -> bool:
@@ -40,6 +42,28 @@ class SamplerConfig:
 
     def schedule(self) -> FlowSchedule:
         return SAMPLERS[self.name].schedule(self.steps, shift=self.flow_shift)
+
+
+def check_guidance(scale: float) -> bool:
+    """Refuse a guidance scale that is not a finite number >= 0; return whether it guides (scale > 1).
+
+    Scales in [0, 1] are accepted and run the prompt's prediction alone (no classifier-free guidance), as
+    diffusers does; callers that take the scale from a user say so (``guidance_note``).
+    """
+    if not math.isfinite(scale) or scale < 0:
+        raise DcaeDeployError(
+            f"--guidance {scale} is not a usable guidance scale: give a finite number >= 0 (typical: 2 to 8; "
+            "a value <= 1 turns classifier-free guidance off)"
+        )
+    return scale > 1.0
+
+
+def guidance_note(scale: float | None) -> str | None:
+    """The line to print when a user's scale turns guidance off (None when it guides or is the default)."""
+    if scale is None or check_guidance(scale):
+        return None
+    return (f"--guidance {scale:g} <= 1: classifier-free guidance is off (the prompt's prediction alone, "
+            "no negative-prompt branch); use a scale above 1 to guide")
 
 
 # velocity(latent batch, timestep) -> velocity batch; with guidance the batch is [negative, positive]
