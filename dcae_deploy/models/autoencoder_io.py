@@ -281,7 +281,8 @@ def _resolve_config(ckpt: _Checkpoint, variant: str | AutoencoderConfig | None) 
         fits = [v for v in list_variants("autoencoder") if _same_architecture(get_variant(v), ckpt.config)]
         same_scale = [v for v in fits if get_variant(v).scaling_factor == ckpt.config.scaling_factor]
         name = (same_scale or fits or [ckpt.config.name])[0]
-        return dataclasses.replace(ckpt.config, name=name, description=get_variant(name).description if fits else "")
+        return dataclasses.replace(ckpt.config, name=name,
+                                   description=get_variant(name).description if fits else ckpt.config.description)
     fits = matching_variants(ckpt.state, ckpt.layout)
     if len(fits) == 1:
         return get_variant(fits[0])
