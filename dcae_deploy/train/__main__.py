@@ -48,14 +48,14 @@ def _autoencoder(args: argparse.Namespace, info) -> None:
     if args.init:
         model = load_autoencoder(args.init, args.variant)
     else:
-        if args.phase != "low_res_full" and info.is_main:
+        if args.phase != "low_res_full" and not args.resume and info.is_main:
             print(f"warning: phase {args.phase} starts from random weights (no --init)", flush=True)
         model = build_autoencoder(args.variant)
     perceptual = LPIPS.from_files(args.lpips_weights) if args.lpips_weights else None
     task = AutoencoderTask(model, phase, perceptual, ", ".join(args.lpips_weights or []))
     dataset = image_dataset(args.data, phase.resolution, length=args.num_images, seed=args.seed)
     run_training(task, dataset, _loop_config(args, phase.steps, phase.batch_size), args.out,
-                 resume=args.resume, info=info)
+                 resume=args.resume, info=info, allow_changed_config=args.allow_changed_config)
 
 
 def _denoiser(args: argparse.Namespace, info) -> None:
@@ -109,16 +109,22 @@ def _denoiser(args: argparse.Namespace, info) -> None:
         encoder = load_caption_encoder(args.text_encoder, model.config.caption_channels)
         task = DenoiserTask(model, cfg, encoder, encoder_name=args.text_encoder)
     run_training(task, dataset, _loop_config(args, cfg.steps, cfg.batch_size), args.out,
-                 resume=args.resume, info=info)
+                 resume=args.resume, info=info, allow_changed_config=args.allow_changed_config)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from dcae_deploy.train.distributed import DEFAULT_TIMEOUT_S
+
     p.add_argument("--variant", required=True, help="registered variant name (python -m dcae_deploy variants --all)")
     p.add_argument("--out", required=True, help="run folder: checkpoints/, loss_log.csv, loss_curve.png, final/")
     p.add_argument("--data", default="shapes", help="'shapes' or 'folder:PATH' (images + optional captions.jsonl)")
     p.add_argument("--num-images", type=int, default=10_000, help="size of the procedural shapes set")
     p.add_argument("--init", help="initial weights (a checkpoint folder the model's loader reads)")
-    p.add_argument("--resume", help="a run folder or checkpoint step folder to continue exactly")
+    p.add_argument("--resume", help="a run folder (its newest intact checkpoint) or checkpoint step folder to "
+                   "continue exactly; settings that differ from the checkpoint's are refused")
+    p.add_argument("--allow-changed-config", action="store_true",
+                   help="with --resume: continue even though settings (batch size, lr, seed, ...) differ from the "
+                   "checkpoint's, with a warning listing them (the run is no longer an exact continuation)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int, help="per process")
     p.add_argument("--resolution", type=int, help="image crop size (pixels)")
@@ -137,11 +143,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-checkpoints", type=int, default=3)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="under torchrun: a process that waits longer than this for the others (a collective, "
+                   "rank 0 caching latents) fails instead of hanging (default %(default)g)")
 
 
 def main(argv: list[str] | None = None) -> int:
     from dcae_deploy.train.autoencoder import PHASES
-    from dcae_deploy.train.distributed import init_distributed, shutdown
+    from dcae_deploy.train.distributed import init_distributed, run_ranked
 
     parser = argparse.ArgumentParser(prog="python -m dcae_deploy.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,12 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.set_defaults(func=_denoiser)
     args = parser.parse_args(argv)
-    info = init_distributed(args.device)
-    try:
-        args.func(args, info)
-    finally:
-        shutdown(info)
-    return 0
+    info = init_distributed(args.device, args.dist_timeout)
+    # A failing rank leaves at once (no barrier) and exits non-zero; torchrun then stops the others.
+    # Exactly one rank reports the error.
+    return run_ranked(info, lambda: args.func(args, info))
 
 
 if __name__ == "__main__":

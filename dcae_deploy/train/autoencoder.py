@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.errors import CheckpointError, DcaeDeployError
 from dcae_deploy.models.autoencoder import DCAE
 from dcae_deploy.models.autoencoder_io import save_autoencoder
 from dcae_deploy.train.discriminator import (
@@ -217,6 +217,20 @@ class AutoencoderTask:
             "phase": self.phase.to_dict(),
             "perceptual": self.perceptual_source if self.perceptual is not None else None,
         }
+
+    def check_resume(self, saved: Mapping[str, Any], folder: Path) -> None:
+        """A resume continues one phase: a checkpoint of another phase trains other parameters (and maybe
+        a discriminator), so its optimizer states cannot continue this one."""
+        saved_phase = (saved.get("phase") or {}).get("name")
+        if saved_phase is None or saved_phase == self.phase.name:
+            return
+        run = folder.parent.parent if folder.parent.name == "checkpoints" else folder.parent
+        raise CheckpointError(
+            f"checkpoint {folder} is from phase {saved_phase!r}, but --phase {self.phase.name} was asked. "
+            f"--resume only continues the same phase: run with --phase {saved_phase} to finish it, or start phase "
+            f"{self.phase.name} from its weights with --init {run / 'final'} (a finished run) or --init "
+            f"{folder / 'model.safetensors'} instead of --resume"
+        )
 
     def losses(self, nets: Mapping[str, nn.Module], batch: dict[str, Any]):
         p = self.phase

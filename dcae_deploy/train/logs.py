@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from dcae_deploy.checkpoints import atomic_write
+
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 _FIXED = ("step", "lr", "time")
 _NOT_PLOTTED = ("grad_norm", "sigma")  # diagnostics kept in the CSV but not drawn
@@ -16,7 +18,11 @@ _NOT_PLOTTED = ("grad_norm", "sigma")  # diagnostics kept in the CSV but not dra
 
 class LossLog:
     """Append-only CSV ``step, <terms...>, lr, time`` (seconds of training); on resume, rows at or after
-    the resume step are dropped and time continues from the last kept row."""
+    the resume step are dropped and time continues from the last kept row.
+
+    Nothing is written before the first :meth:`append` (the first completed step): a run that fails
+    to start leaves no empty log behind, and a resume that fails to start leaves the old log as it was.
+    """
 
     def __init__(self, path: Path, start_step: int = 0) -> None:
         self.path = path
@@ -32,12 +38,12 @@ class LossLog:
             if self.rows:
                 self.columns = list(self.rows[0].keys())
         self.time_offset = self.rows[-1].get("time", 0.0) if self.rows else 0.0  # wall time continues on resume
-        self._rewrite()
+        self._written = False  # the file on disk is still the previous run's (or absent)
 
     def append(self, step: int, terms: dict[str, float], lr: float, elapsed: float) -> None:
         row: dict[str, float] = {"step": step, **terms, "lr": lr, "time": self.time_offset + elapsed}
         self.rows.append(row)
-        if self.columns is None or set(row) - set(self.columns):
+        if not self._written or self.columns is None or set(row) - set(self.columns):
             self.columns = list(dict.fromkeys([*(self.columns or []), *row]))
             self._rewrite()
             return
@@ -45,12 +51,14 @@ class LossLog:
             csv.DictWriter(f, self.columns).writerow(row)
 
     def _rewrite(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", newline="") as f:
-            if self.columns:
-                writer = csv.DictWriter(f, self.columns)
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, self.columns or [])
                 writer.writeheader()
                 writer.writerows(self.rows)
+
+        atomic_write(self.path, write)  # an interrupted rewrite keeps the old file
+        self._written = True
 
 
 class Progress:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import math
 import random
 import time
@@ -31,9 +32,11 @@ from dcae_deploy.errors import CheckpointError, DcaeDeployError
 from dcae_deploy.train import checkpointing as ckpt
 from dcae_deploy.train.distributed import (
     DistInfo,
+    abort,
     barrier,
     init_distributed,
     mean_over_ranks,
+    same_on_all_ranks,
     shutdown,
 )
 from dcae_deploy.train.logs import LossLog, Progress, plot_losses
@@ -121,6 +124,9 @@ class TrainTask(Protocol):
 
     def save_final(self, folder: Path, model: nn.Module) -> None:
         """Write ``model`` in its loadable format (``folder`` is created by the caller)."""
+
+    # Optional: ``check_resume(saved_task_config, folder)`` raises a DcaeDeployError when a checkpoint's
+    # task config cannot be continued by this task at all (e.g. another autoencoder phase).
 
 
 @dataclass
@@ -256,23 +262,35 @@ def run_training(
     *,
     resume: str | Path | None = None,
     info: DistInfo | None = None,
+    allow_changed_config: bool = False,
 ) -> TrainResult:
     """Train ``task`` on ``dataset`` for ``cfg.steps`` steps in total (a resume continues the count).
 
-    Writes to ``out_dir``: ``checkpoints/step-*/``, ``loss_log.csv``, ``loss_curve.png`` and ``final/``
-    (the model and ``final/ema/`` via ``task.save_final``). Under torchrun, every rank calls this.
+    Writes to ``out_dir``: ``checkpoints/step-*/``, ``loss_log.csv`` (from the first completed step on),
+    ``loss_curve.png`` and ``final/`` (the model and ``final/ema/`` via ``task.save_final``). Under
+    torchrun, every rank calls this.
+
+    ``resume``: a run, checkpoints or step folder; a run folder resumes from its newest intact
+    checkpoint (corrupt newer ones are reported and skipped). A resume refuses settings that differ from
+    the checkpoint's (anything but the step count and logging/checkpointing cadence), listing them,
+    unless ``allow_changed_config`` (then it warns).
     """
     out_dir = Path(out_dir)
     own_group = info is None
     info = info or init_distributed(cfg.device)
     try:
-        return _run(task, dataset, cfg, out_dir, resume, info)
-    finally:
+        result = _run(task, dataset, cfg, out_dir, resume, info, allow_changed_config)
+    except BaseException:
         if own_group:
-            shutdown(info)
+            abort(info)  # no barrier: the other ranks may be blocked where this one failed
+        raise
+    if own_group:
+        shutdown(info)
+    return result
 
 
-def _run(task: TrainTask, dataset: Dataset, cfg: LoopConfig, out_dir: Path, resume, info: DistInfo) -> TrainResult:
+def _run(task: TrainTask, dataset: Dataset, cfg: LoopConfig, out_dir: Path, resume, info: DistInfo,
+         allow_changed_config: bool = False) -> TrainResult:
     modules = task.modules()
     if "model" not in modules:
         raise ValueError(f"task {task.name} must provide a module named 'model'")
@@ -306,7 +324,7 @@ def _run(task: TrainTask, dataset: Dataset, cfg: LoopConfig, out_dir: Path, resu
     seed_everything(cfg.seed + 1_000_003 * info.rank)  # per-rank noise; replicas were broadcast by DDP
     start = 0
     if resume is not None:
-        start = _restore(ckpt.resolve_checkpoint(Path(resume)), info, task, modules, optimizers, ema, scaler)
+        start = _restore(Path(resume), info, task, modules, optimizers, ema, scaler, run_config, allow_changed_config)
     if start >= cfg.steps:
         raise DcaeDeployError(f"checkpoint is at step {start}, nothing left to do for steps={cfg.steps}")
 
@@ -331,7 +349,7 @@ def _run(task: TrainTask, dataset: Dataset, cfg: LoopConfig, out_dir: Path, resu
     t0 = time.perf_counter()
     batches = iter(loader)
     for step in range(start, cfg.steps):
-        batch = _to_device(next(batches), info.device)
+        batch = _to_device(_next_batch(batches), info.device)
         lr_scale = lr_multiplier(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
         with _autocast(info, cfg.amp):
             losses, terms = task.losses(nets, batch)
@@ -381,6 +399,24 @@ def _run(task: TrainTask, dataset: Dataset, cfg: LoopConfig, out_dir: Path, resu
     return TrainResult(history=history, step=cfg.steps, out_dir=out_dir)
 
 
+def _next_batch(batches: Iterator[Any]) -> Any:
+    """The next batch; a user error raised in a DataLoader worker comes back as its own message (the
+    DataLoader re-raises it with the worker's whole traceback inside the message)."""
+    try:
+        return next(batches)
+    except DcaeDeployError as exc:
+        text = str(exc)
+        marker = f"{type(exc).__name__}: "
+        if "Original Traceback" not in text or marker not in text:
+            raise
+        message = text[text.rindex(marker) + len(marker):].strip()
+        try:
+            clean = type(exc)(message)
+        except Exception:
+            clean = DcaeDeployError(message)
+        raise clean from None
+
+
 def _ema_copy(model: nn.Module, ema: EMA) -> nn.Module:
     import copy
 
@@ -403,11 +439,95 @@ def _save(out_dir, step, info, modules, ema, optimizers, run_config, cfg, scaler
     barrier(info)
 
 
-def _restore(folder: Path, info: DistInfo, task, modules, optimizers, ema, scaler) -> int:
-    data = ckpt.load_checkpoint(folder, info.rank)
-    saved_task = data["config"].get("task")
+#: Loop settings that do not change what a step computes: a resume may change them freely (and the step
+#: count, see :func:`config_changes`).
+_FREE_LOOP_KEYS = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "num_workers", "device"})
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(setting, checkpoint's value, new value)`` for every training setting of run config ``current``
+    that differs from checkpoint config ``saved``.
+
+    Settings of the loop (``batch_size``, ``seed``, ...) are named as they are; the task's as dotted paths
+    (``phase.lr``). Not counted: the step count (unless the lr schedule is cosine, whose curve depends
+    on it), logging/checkpointing cadence, workers, device, world size (see :func:`_restore`), and keys
+    only one side has (written by another version of dcae_deploy). A value stored twice (the loop's and
+    the phase's batch size) is listed once.
+    """
+    current = json.loads(json.dumps(current))  # tuples -> lists, as the checkpoint stores them
+    cosine = {(config.get("loop_config") or {}).get("lr_schedule") for config in (saved, current)}
+    changes: list[tuple[str, Any, Any]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for section in ("loop_config", "task_config"):
+        old, new = _flatten(saved.get(section) or {}), _flatten(current.get(section) or {})
+        for key in [k for k in old if k in new]:
+            leaf = key.rsplit(".", 1)[-1]
+            if old[key] == new[key] or (section == "loop_config" and key in _FREE_LOOP_KEYS):
+                continue
+            if leaf == "steps" and "cosine" not in cosine:  # a longer run, same steps so far
+                continue
+            signature = (leaf, json.dumps(old[key]), json.dumps(new[key]))
+            if signature in seen:
+                continue
+            seen.add(signature)
+            changes.append((key, old[key], new[key]))
+    return changes
+
+
+def _check_resume_config(folder: Path, saved: Mapping[str, Any], run_config: Mapping[str, Any], task, info: DistInfo,
+                         allow_changed_config: bool) -> None:
+    saved_task = saved.get("task")
     if saved_task != task.name:
         raise CheckpointError(f"checkpoint {folder} was written by task {saved_task!r}, not {task.name!r}")
+    saved_tc, current_tc = saved.get("task_config") or {}, run_config.get("task_config") or {}
+    if saved_tc.get("variant") and current_tc.get("variant") and saved_tc["variant"] != current_tc["variant"]:
+        raise CheckpointError(
+            f"checkpoint {folder} trains variant {saved_tc['variant']!r}, not {current_tc['variant']!r}: "
+            f"resume with --variant {saved_tc['variant']}"
+        )
+    check = getattr(task, "check_resume", None)
+    if check is not None:
+        check(saved_tc, folder)
+    changes = config_changes(saved, run_config)
+    if not changes:
+        return
+    listing = "\n".join(f"  {key}: {json.dumps(old)} -> {json.dumps(new)}" for key, old, new in changes)
+    if not allow_changed_config:
+        raise CheckpointError(
+            f"cannot resume from {folder} exactly: {len(changes)} setting(s) differ from the checkpoint's "
+            f"(checkpoint -> now):\n{listing}\nrun again with the checkpoint's values, or add --allow-changed-config "
+            "to continue with the new ones anyway (not an exact continuation)"
+        )
+    if info.is_main:
+        print(f"warning: --allow-changed-config: resuming from {folder} with {len(changes)} changed setting(s) "
+              f"(checkpoint -> now), not an exact continuation:\n{listing}", flush=True)
+
+
+def _restore(resume: Path, info: DistInfo, task, modules, optimizers, ema, scaler, run_config,
+             allow_changed_config: bool = False) -> int:
+    folder, data, skipped = ckpt.load_newest_intact(resume, info.rank)
+    if info.is_main:
+        for bad, why in skipped:
+            print(f"warning: skipping {bad}: {why}", flush=True)
+        if skipped:
+            print(f"warning: resuming from {folder}, the newest intact checkpoint", flush=True)
+    step = int(data["state"]["step"])
+    if not same_on_all_ranks(info, step):
+        raise CheckpointError(
+            f"the training processes found different intact checkpoints under {resume} (this one: {folder}); "
+            "resume from one step folder explicitly"
+        )
+    _check_resume_config(folder, data["config"], run_config, task, info, allow_changed_config)
     for name, module in modules.items():
         if name not in data["weights"]:
             raise CheckpointError(f"checkpoint {folder} has no weights for {name!r}")
@@ -419,7 +539,10 @@ def _restore(folder: Path, info: DistInfo, task, modules, optimizers, ema, scale
     for name, opt in optimizers.items():
         if name not in data["optimizers"]:
             raise CheckpointError(f"checkpoint {folder} has no optimizer state for {name!r}")
-        opt.load_state_dict(data["optimizers"][name])
+        try:
+            opt.load_state_dict(data["optimizers"][name])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {folder}: the optimizer state of {name} does not fit: {exc}") from exc
     if scaler is not None and (folder / "grad_scaler.pt").is_file():
         scaler.load_state_dict(ckpt.torch_load_weights_only(folder / "grad_scaler.pt"))
     saved_world = data["state"].get("world_size")
@@ -428,7 +551,8 @@ def _restore(folder: Path, info: DistInfo, task, modules, optimizers, ema, scale
     elif info.is_main:
         print(f"warning: checkpoint from {saved_world} process(es), resuming on {info.world_size}: "
               "training continues but not bit-exactly", flush=True)
-    step = int(data["state"]["step"])
     if info.is_main:
+        for old, new in ckpt.set_aside(skipped, folder):  # every rank has loaded ``folder`` (same_on_all_ranks)
+            print(f"warning: moved the corrupt checkpoint {old} to {new}", flush=True)
         print(f"resumed from {folder} at step {step}", flush=True)
     return step
