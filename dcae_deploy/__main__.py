@@ -44,9 +44,13 @@ def _reconstruct(args: argparse.Namespace) -> None:
 
     from dcae_deploy.checkpoints import nonfinite_cause
     from dcae_deploy.models.autoencoder_io import load_autoencoder
+    from dcae_deploy.models.autoencoder_overrides import resolve_autoencoder_config
 
     check_output_file(args.output, "--output", IMAGE_SUFFIXES)
-    model = load_autoencoder(args.checkpoint, args.variant)
+    if args.override and not args.variant:
+        raise DcaeDeployError("--override applies to a --variant: add --variant NAME (the base of the overrides)")
+    variant = resolve_autoencoder_config(args.variant, args.override) if args.variant else None
+    model = load_autoencoder(args.checkpoint, variant)
     try:
         image = Image.open(args.image).convert("RGB")
     except (OSError, ValueError) as exc:
@@ -82,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_variants)
     p = sub.add_parser("reconstruct", help="encode and decode an image with a local checkpoint")
     p.add_argument("--checkpoint", required=True, help="diffusers folder, efficientvit file/folder or dcae_deploy save")
-    p.add_argument("--variant", default=None, help="variant the weights must fit (default: from the checkpoint)")
+    p.add_argument("--variant", default=None, help="variant the weights must fit: a registered name or a JSON config "
+                   "file (default: from the checkpoint)")
+    p.add_argument("--override", default=None, metavar="'KEY=VALUE ...'",
+                   help="reference-syntax overrides on top of --variant (a custom architecture)")
     p.add_argument("--image", required=True)
     p.add_argument("--output", required=True, help=f"the reconstruction ({', '.join(IMAGE_SUFFIXES)})")
     p.set_defaults(func=_reconstruct)

@@ -34,6 +34,7 @@ def _loop_config(args: argparse.Namespace, steps: int, batch_size: int):
 def _autoencoder(args: argparse.Namespace, info) -> None:
     from dcae_deploy.models.autoencoder import build_autoencoder
     from dcae_deploy.models.autoencoder_io import load_autoencoder
+    from dcae_deploy.models.autoencoder_overrides import resolve_autoencoder_config
     from dcae_deploy.train.autoencoder import AutoencoderTask, phase_config
     from dcae_deploy.train.data import image_dataset
     from dcae_deploy.train.loop import run_training, seed_everything
@@ -44,13 +45,14 @@ def _autoencoder(args: argparse.Namespace, info) -> None:
         args.phase, resolution=args.resolution, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
         betas=betas, weight_decay=args.weight_decay,
     )
+    config = resolve_autoencoder_config(args.variant, args.override)  # a name or JSON file, plus overrides
     seed_everything(args.seed)
     if args.init:
-        model = load_autoencoder(args.init, args.variant)
+        model = load_autoencoder(args.init, config)
     else:
         if args.phase != "low_res_full" and not args.resume and info.is_main:
             print(f"warning: phase {args.phase} starts from random weights (no --init)", flush=True)
-        model = build_autoencoder(args.variant)
+        model = build_autoencoder(config)
     perceptual = LPIPS.from_files(args.lpips_weights) if args.lpips_weights else None
     task = AutoencoderTask(model, phase, perceptual, ", ".join(args.lpips_weights or []))
     dataset = image_dataset(args.data, phase.resolution, length=args.num_images, seed=args.seed)
@@ -115,7 +117,8 @@ def _denoiser(args: argparse.Namespace, info) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     from dcae_deploy.train.distributed import DEFAULT_TIMEOUT_S
 
-    p.add_argument("--variant", required=True, help="registered variant name (python -m dcae_deploy variants --all)")
+    p.add_argument("--variant", required=True, help="registered variant name (python -m dcae_deploy variants --all); "
+                   "for an autoencoder also a JSON config file (a checkpoint's config.json)")
     p.add_argument("--out", required=True, help="run folder: checkpoints/, loss_log.csv, loss_curve.png, final/")
     p.add_argument("--data", default="shapes", help="'shapes' or 'folder:PATH' (images + optional captions.jsonl)")
     p.add_argument("--num-images", type=int, default=10_000, help="size of the procedural shapes set")
@@ -158,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("autoencoder", help="one DC-AE training phase")
     p.add_argument("--phase", required=True, choices=PHASES)
     p.add_argument("--lpips-weights", nargs="+", help="local VGG16 + LPIPS weight file(s); without them no perceptual loss")
+    p.add_argument("--override", default=None, metavar="'KEY=VALUE ...'",
+                   help="a custom architecture in the reference's syntax on top of --variant, e.g. \"latent_channels=16 "
+                   "encoder.width_list=[16,32,64,64] ...\" (see dcae_deploy/models/autoencoder_overrides.py); the "
+                   "resolved config is saved with every checkpoint")
     _common(p)
     p.set_defaults(func=_autoencoder)
     p = sub.add_parser("denoiser", help="flow-matching training of a SANA denoiser on cached latents")
