@@ -16,6 +16,7 @@ import importlib.resources
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from dcae_deploy.errors import DcaeDeployError
@@ -57,6 +58,27 @@ def cache_folder(folder: Path) -> Path:
     return root / f"{DEMO_VARIANT}-{weights_sha(folder)}"
 
 
+def check_cache_writable(cache: Path) -> None:
+    """Refuse a cache folder the demo's export cannot be written into, naming the setting that moves it."""
+    existing = cache
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    else:
+        try:  # a real write: permissions, read-only mounts and quotas (os.access says yes to root)
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            problem = f"{existing} is not writable ({exc.strerror})"
+    if problem:
+        raise DcaeDeployError(
+            f"the shipped demo is exported once into the cache folder {cache}, but {problem}: set {CACHE_ENV} to a "
+            f"writable folder (e.g. {CACHE_ENV}=/tmp/dcae_deploy), or pass --artifacts with an export of your own"
+        )
+
+
 def demo_artifacts() -> Artifacts:
     """The demo's export, made on first use (needs torch then) and read from the cache afterwards."""
     folder = demo_folder()
@@ -65,6 +87,7 @@ def demo_artifacts() -> Artifacts:
         return load_artifacts(cache, variant=DEMO_VARIANT)
     except DcaeDeployError:
         pass
+    check_cache_writable(cache)
     print(f"[generate] first run: exporting the demo model to {cache} (once) ...", file=sys.stderr)
     from dcae_deploy.export import export_model
 
@@ -72,19 +95,41 @@ def demo_artifacts() -> Artifacts:
     return load_artifacts(cache, variant=DEMO_VARIANT)
 
 
-def demo_engines(artifacts: Artifacts) -> None:
-    """Build the demo's TensorRT engines into its cache folder once (``generate --backend tensorrt`` without
-    ``--artifacts``). TensorRT-RTX builds on any machine, full TensorRT needs a GPU; running them needs one."""
-    from dcae_deploy.runtime.backends import find_engine_dir
+def require_engine_gpu() -> None:
+    """Raise :class:`~dcae_deploy.runtime.errors.BackendError` when this machine has no GPU that the installed
+    TensorRT flavour's engines run on (checked before the demo is exported or its engines built)."""
     from dcae_deploy.runtime.errors import BackendError
+    from dcae_deploy.tensorrt_support import GpuUnavailable, require_gpu
 
     try:
-        find_engine_dir(artifacts, None)
-        return
+        require_gpu()  # the flavour the build and the runner import first
+    except GpuUnavailable as exc:
+        raise BackendError(str(exc)) from exc
+
+
+def demo_engines(artifacts: Artifacts) -> None:
+    """Build the demo's TensorRT engines into its cache folder once (``generate --backend tensorrt`` without
+    ``--artifacts``). TensorRT-RTX builds on any machine, full TensorRT needs a GPU; running them needs one, so
+    a machine that could not run them is told so first, and nothing is built. Engines the cached export was not
+    built from (stale) are rebuilt."""
+    from dcae_deploy.runtime.backends import find_engine_dir
+    from dcae_deploy.runtime.errors import BackendError
+    from dcae_deploy.tensorrt_support import stale_engines
+
+    require_engine_gpu()
+    try:
+        engine_dir = find_engine_dir(artifacts, None)
     except BackendError:
-        pass
-    print(f"[generate] first TensorRT run: building the demo's engines in {artifacts.folder / 'engines'} (once) ...",
-          file=sys.stderr)
+        engine_dir = None
+    stale = stale_engines(engine_dir, artifacts.manifest.components) if engine_dir is not None else {}
+    if engine_dir is not None and not stale:
+        return
+    if stale:
+        print(f"[generate] the demo's engines in {engine_dir} were built from other graphs ({', '.join(stale)}): "
+              "rebuilding them (once) ...", file=sys.stderr)
+    else:
+        print(f"[generate] first TensorRT run: building the demo's engines in {artifacts.folder / 'engines'} (once) ...",
+              file=sys.stderr)
     from dcae_deploy.engines.build import build_engines
 
     build_engines(artifacts.folder)

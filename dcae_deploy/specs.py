@@ -58,6 +58,9 @@ class Resolution:
 
     def validate(self, ratio: int) -> None:
         sides = {"--min-res": self.min_res, "--opt-res": self.opt_res, "--max-res": self.max_res}
+        for flag, value in {**sides, "--max-batch": self.max_batch}.items():
+            if isinstance(value, bool) or not hasattr(value, "__index__"):  # 512.0 would reach the graph's shapes
+                raise DcaeDeployError(f"{flag} must be a whole number, got {value!r}")
         for flag, value in sides.items():
             if value <= 0 or value % ratio:
                 raise DcaeDeployError(f"{flag} {value} must be a positive multiple of the compression ratio {ratio}")

@@ -4,7 +4,12 @@ TensorRT runner (``dcae_deploy/runtime/runners/tensorrt.py``) share.
 * the two flavours, ``tensorrt`` (full TensorRT, ``import tensorrt``) and ``tensorrt-rtx`` (TensorRT-RTX,
   ``import tensorrt_rtx``), and one lazy importer of them: neither is imported until asked for;
 * an engine folder's files: ``<component>.plan`` and its sidecar ``<component>.json``, written by
-  ``dcae_deploy/engines/build.py`` (:meth:`EngineInfo.to_dict`) and read back here (:func:`read_sidecar`).
+  ``dcae_deploy/engines/build.py`` (:meth:`EngineInfo.to_dict`) and read back here (:func:`read_sidecar`);
+* whether a plan was built from the graphs an export's manifest lists now (:func:`engine_mismatch`,
+  :func:`stale_engines`): a re-export, or an engine folder of another export, makes it stale;
+* whether this machine can run engines at all (:func:`probe_cuda`, :func:`require_gpu`): a cheap look at the
+  CUDA driver through ctypes (no CUDA context, no TensorRT), so that a missing driver, a driver too old, no
+  device or a GPU the flavour does not support is said once, before anything is built or deserialised.
 
 It imports neither torch nor ``dcae_deploy.engines``, so that the runtime can use it on a deploy machine.
 Each caller words its own errors around :func:`import_flavour` (build hints in the engines stage, runtime
@@ -13,7 +18,14 @@ hints in the runner).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib
+import importlib.util
+import os
+import re
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -21,12 +33,13 @@ from typing import Any
 
 from dcae_deploy.checkpoints import read_json
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.manifest import ShapeProfile, TensorInfo, verify_hashes
+from dcae_deploy.manifest import Component, ShapeProfile, TensorInfo, verify_hashes
 
 TENSORRT = "tensorrt"
 TENSORRT_RTX = "tensorrt-rtx"
 FLAVOURS = (TENSORRT, TENSORRT_RTX)  # also the order in which "any flavour" tries them
 MODULES = {TENSORRT: "tensorrt", TENSORRT_RTX: "tensorrt_rtx"}  # flavour -> Python module
+LABELS = {TENSORRT: "TensorRT", TENSORRT_RTX: "TensorRT-RTX"}
 
 PLAN_SUFFIX = ".plan"  # as dcae_deploy.engines writes, and what trtexec --saveEngine is given
 SIDECAR_SUFFIX = ".json"
@@ -75,6 +88,17 @@ def import_flavour(name: str | None = None) -> TensorRTFlavour:
             continue
         return TensorRTFlavour(candidate, module, str(getattr(module, "__version__", "unknown")))
     raise TensorRTUnavailable(failures)
+
+
+def installed_flavour() -> str | None:
+    """The flavour :func:`import_flavour` would import first, found without importing it (None: neither)."""
+    for name in FLAVOURS:
+        try:
+            if importlib.util.find_spec(MODULES[name]) is not None:
+                return name
+        except (ImportError, ValueError):  # a module set to None in sys.modules (tests), a broken package
+            continue
+    return None
 
 
 # --------------------------------------------------------------------------------------------------- sidecars
@@ -231,3 +255,278 @@ def read_sidecar(path: str | Path, verify: bool = True) -> EngineInfo:
 def sidecar_paths(engine_dir: str | Path) -> list[Path]:
     """The sidecar candidates of an engine folder, sorted (hidden files, such as temporary ones, left out)."""
     return sorted(p for p in Path(engine_dir).glob(f"*{SIDECAR_SUFFIX}") if not p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------------------------------- freshness
+
+
+def built_files(info: EngineInfo) -> dict[str, str]:
+    """The files (graph, external data, tokenizer) and SHA-256s that the plan of ``info`` was built from."""
+    return dict(info.onnx_files) or {info.onnx_file: info.onnx_sha256}
+
+
+def engine_mismatch(info: EngineInfo, component: Component | None) -> str | None:
+    """Why the plan described by ``info`` was not built from ``component`` (a manifest entry); None if it was.
+
+    The sidecar records the SHA-256 of every file of the graph it came from (the manifest's own hashes), its
+    tensors and its profile: a re-export into the same folder, or an engine folder of another export, differs.
+    ``component=None``: the export has no such component (any more).
+    """
+    if component is None:
+        return f"the export has no {info.component!r} component"
+    if info.component != component.name:
+        return f"it is the engine of {info.component!r}, not of {component.name!r}"
+    built, now = built_files(info), component.files
+    if built != now:
+        names = sorted(set(built) | set(now), key=lambda n: (n != component.file, n))  # the graph file first
+        name = next(n for n in names if built.get(n) != now.get(n))
+        return (f"{name} had SHA-256 {_short(built.get(name))} when it was built; the manifest lists "
+                f"{_short(now.get(name))}")
+    if info.inputs != component.inputs or info.outputs != component.outputs:
+        return "its input/output tensors differ from the manifest's"
+    if info.profiles != component.profiles:
+        return "its optimisation profile (min/opt/max shapes) differs from the manifest's"
+    return None
+
+
+def _short(sha: str | None) -> str:
+    return f"{sha[:12]}..." if sha else "no such file"
+
+
+def sidecar_path(plan: str | Path) -> Path:
+    """The sidecar of ``<component>.plan``: ``<component>.json`` beside it."""
+    plan = Path(plan)
+    return plan.with_name(plan.name.removesuffix(PLAN_SUFFIX) + SIDECAR_SUFFIX)
+
+
+def stale_engines(engine_dir: str | Path, components: dict[str, Component],
+                  names: Iterable[str] | None = None) -> dict[str, str]:
+    """``{component: why}`` for each plan of ``engine_dir`` (``names``: only these) not built from ``components``
+    (a manifest's). Sidecars are read without hashing the plans; an unreadable sidecar counts as stale. Plans
+    without a sidecar (trtexec's) cannot be checked and are left out."""
+    wanted = set(names) if names is not None else None
+    stale: dict[str, str] = {}
+    for path in sidecar_paths(engine_dir):
+        if wanted is not None and path.stem not in wanted:
+            continue
+        if not (path.parent / f"{path.stem}{PLAN_SUFFIX}").is_file():
+            continue  # a sidecar without its plan describes nothing that could run
+        try:
+            info = read_sidecar(path, verify=False)
+        except EngineInfoError as exc:
+            stale[path.stem] = str(exc)
+            continue
+        why = engine_mismatch(info, components.get(info.component))
+        if why is not None:
+            stale[info.component] = why
+    return stale
+
+
+# --------------------------------------------------------------------------------------------------- GPU probe
+
+#: The compute capabilities TensorRT-RTX runs engines on: its ``ComputeCapability`` targets (7.5 Turing, 8.0 / 8.6
+#: Ampere, 8.9 Ada, 12.x Blackwell RTX). Data-centre GPUs in between (9.0 Hopper: H100, H200; 10.x: B200) are not.
+RTX_COMPUTE_CAPABILITIES = ((7, 5), (8, 0), (8, 6), (8, 9), (12, 0), (12, 1))
+#: A plan of TensorRT-RTX's portable default target (no --compute-capability) runs on 8.6 and later.
+RTX_PORTABLE_MIN = (8, 6)
+
+_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
+_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
+# CUresult codes of cuInit / cuDeviceGetCount that mean "no GPU to run on" (the runtime API uses the same numbers
+# for 35 and 100: cudaErrorInsufficientDriver, cudaErrorNoDevice)
+_CU_ERRORS = {
+    34: "the CUDA driver library found is a stub (CUDA_ERROR_STUB_LIBRARY): no NVIDIA driver is installed",
+    35: "the NVIDIA driver is too old for this CUDA version (CUDA error 35, insufficient driver): update the driver",
+    46: "the GPU is busy or unavailable (CUDA_ERROR_DEVICE_UNAVAILABLE; exclusive-process mode?)",
+    100: "the NVIDIA driver sees no GPU (CUDA error 100, no device{visible})",
+    101: "no such GPU (CUDA_ERROR_INVALID_DEVICE{visible})",
+    803: ("the NVIDIA kernel driver and its user-space library differ in version (CUDA_ERROR_SYSTEM_DRIVER_MISMATCH): "
+          "reboot, or reinstall the driver"),
+    804: ("this GPU does not support the CUDA forward-compatibility package in use "
+          "(CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE)"),
+    999: "the NVIDIA driver failed to initialise (CUDA_ERROR_UNKNOWN; see `nvidia-smi` and the kernel log)",
+}
+
+
+class GpuUnavailable(DcaeDeployError):
+    """No GPU here that can run engines of a flavour: no driver, a driver too old, no device, an unsupported GPU."""
+
+
+@dataclass(frozen=True)
+class CudaDevice:
+    """One GPU as the CUDA driver lists it (``index`` counts the visible ones: CUDA_VISIBLE_DEVICES applies)."""
+
+    index: int
+    name: str
+    compute_capability: tuple[int, int]
+
+    @property
+    def cc(self) -> str:
+        return "{}.{}".format(*self.compute_capability)
+
+    def describe(self) -> str:
+        return f"GPU {self.index} ({self.name}, compute capability {self.cc})"
+
+
+@dataclass(frozen=True)
+class CudaProbe:
+    """What the CUDA driver reports, without creating a context. ``error``: why no GPU can be used at all."""
+
+    devices: tuple[CudaDevice, ...] = ()
+    driver_version: int | None = None  # the CUDA version the driver supports: 13000 is 13.0
+    error: str | None = None
+
+    @property
+    def driver_cuda(self) -> str | None:
+        v = self.driver_version
+        return f"{v // 1000}.{v % 1000 // 10}" if v else None
+
+
+def _driver_names() -> tuple[str, ...]:
+    if sys.platform == "win32":
+        return ("nvcuda.dll",)
+    if sys.platform == "darwin":
+        return ()
+    return ("libcuda.so.1", "libcuda.so")
+
+
+@functools.lru_cache(maxsize=1)
+def probe_cuda() -> CudaProbe:
+    """Ask the CUDA driver (``libcuda`` through ctypes: cuInit, cuDeviceGetCount, the compute capabilities) which
+    GPUs this process can use. Cached: asked once per process. Allocates nothing and imports no TensorRT."""
+    names = _driver_names()
+    if not names:
+        return CudaProbe(error=f"there is no NVIDIA CUDA driver on {sys.platform}")
+    lib, libname = None, names[0]
+    for libname in names:
+        try:
+            lib = ctypes.CDLL(libname)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        return CudaProbe(error=f"no NVIDIA driver: {names[0]} cannot be loaded (no driver installed, or the "
+                               "container was started without GPU access)")
+    out = ctypes.c_int(0)
+    try:
+        driver = out.value if lib.cuDriverGetVersion(ctypes.byref(out)) == 0 and out.value > 0 else None
+        status = lib.cuInit(0)
+        if status == 0:
+            status = lib.cuDeviceGetCount(ctypes.byref(out))
+        if status != 0:
+            return CudaProbe(driver_version=driver, error=_cu_error(lib, status))
+        if out.value == 0:
+            return CudaProbe(driver_version=driver, error=_cu_error(lib, 100))
+        devices = []
+        for index in range(out.value):
+            handle, major, minor = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+            text = ctypes.create_string_buffer(256)
+            if lib.cuDeviceGet(ctypes.byref(handle), index) != 0:
+                continue
+            lib.cuDeviceGetAttribute(ctypes.byref(major), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, handle)
+            lib.cuDeviceGetAttribute(ctypes.byref(minor), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, handle)
+            lib.cuDeviceGetName(text, len(text), handle)
+            label = text.value.decode(errors="replace") or "unnamed GPU"
+            devices.append(CudaDevice(index, label, (major.value, minor.value)))
+    except AttributeError as exc:  # a library of that name without the driver API
+        return CudaProbe(error=f"{libname} is not a usable CUDA driver ({exc})")
+    if not devices:
+        return CudaProbe(driver_version=driver, error=_cu_error(lib, 100))
+    return CudaProbe(tuple(devices), driver)
+
+
+def _cu_error(lib: Any, status: int) -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    hint = f"; CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
+    if status in _CU_ERRORS:
+        return _CU_ERRORS[status].format(visible=hint)
+    text = ctypes.c_char_p()
+    try:
+        named = lib.cuGetErrorName(status, ctypes.byref(text)) == 0 and text.value
+    except AttributeError:
+        named = False
+    return f"the CUDA driver failed to initialise (CUDA error {status}{': ' + text.value.decode() if named else ''})"
+
+
+@functools.lru_cache(maxsize=None)
+def flavour_cuda_major(flavour: str) -> int | None:
+    """The CUDA major version the installed wheel of ``flavour`` is for (``tensorrt-rtx-cu13``: 13); None: unknown."""
+    from importlib import metadata
+
+    pattern = re.compile(r"tensorrt_rtx_cu(\d+)(_libs|_bindings)?" if flavour == TENSORRT_RTX
+                         else r"tensorrt_cu(\d+)(_libs|_bindings)?")
+    majors = set()
+    for dist in metadata.distributions():
+        match = pattern.fullmatch(str(dist.metadata.get("Name") or "").lower().replace("-", "_"))
+        if match:
+            majors.add(int(match.group(1)))
+    return max(majors) if majors else None
+
+
+def rtx_runs_on(compute_capability: tuple[int, int]) -> bool:
+    """Whether TensorRT-RTX runs engines on a GPU of this compute capability."""
+    return compute_capability in RTX_COMPUTE_CAPABILITIES or compute_capability[0] == 12
+
+
+def gpu_problem(flavour: str | None = None, probe: CudaProbe | None = None) -> str | None:
+    """Why engines of ``flavour`` (None: the one installed, :func:`installed_flavour`) cannot run on this
+    machine's first visible GPU; None when they can."""
+    probe = probe or probe_cuda()
+    if probe.error is not None:
+        return probe.error
+    name = flavour or installed_flavour()
+    need = flavour_cuda_major(name) if name else None
+    if need is not None and probe.driver_version and probe.driver_version // 1000 < need:
+        return (f"the NVIDIA driver supports CUDA {probe.driver_cuda}, but the installed {LABELS[name]} is built for "
+                f"CUDA {need} (CUDA error 35, insufficient driver): update the NVIDIA driver")
+    device = probe.devices[0]
+    if name == TENSORRT_RTX and not rtx_runs_on(device.compute_capability):
+        return (f"{device.describe()} is not a GPU TensorRT-RTX runs on (it runs on RTX-class GPUs of compute "
+                f"capability {_rtx_ccs()}; data-centre GPUs such as H100/H200 (9.0) are not supported)")
+    return None
+
+
+def _rtx_ccs() -> str:
+    return ", ".join("{}.{}".format(*cc) for cc in RTX_COMPUTE_CAPABILITIES if cc[0] != 12) + " or 12.x"
+
+
+def no_gpu_message(flavour: str | None, problem: str) -> str:
+    """The one message for ``problem`` (from :func:`gpu_problem`): what is wrong and what to do."""
+    name = flavour or installed_flavour()
+    label = LABELS.get(name or "", "TensorRT")
+    gpus = f" of compute capability {_rtx_ccs()}" if name == TENSORRT_RTX else ""
+    return (f"no usable GPU to run {label} engines on this machine: {problem}. {label} engines run only on an "
+            f"NVIDIA GPU{gpus} with its driver: here, use --backend onnxruntime (or torch) instead, or run on a "
+            "machine with a supported GPU and driver (building engines with `python -m dcae_deploy.engines build` "
+            "and TensorRT-RTX needs no GPU)")
+
+
+def require_gpu(flavour: str | None = None) -> CudaDevice:
+    """The GPU engines of ``flavour`` will run on (the first visible one); :class:`GpuUnavailable` if there is none
+    they can run on. Call it before building or deserialising anything that only a GPU could use."""
+    problem = gpu_problem(flavour)
+    if problem is not None:
+        raise GpuUnavailable(no_gpu_message(flavour, problem))
+    return probe_cuda().devices[0]
+
+
+def plan_device_problem(info: EngineInfo, device: CudaDevice) -> str | None:
+    """Why the plan described by ``info`` cannot run on ``device`` (its build target excludes that GPU), or None."""
+    cc = device.compute_capability
+    listed = [c for c in info.compute_capabilities if re.fullmatch(r"\d+\.\d", c)]
+    target = re.fullmatch(r"sm(\d+)(\d)", info.target)
+    if info.backend == TENSORRT_RTX and listed:
+        if device.cc in listed:
+            return None
+        built_for = f"compute capability {', '.join(listed)}"
+    elif info.backend == TENSORRT_RTX and not info.compute_capabilities:  # the portable default
+        if cc >= RTX_PORTABLE_MIN:
+            return None
+        built_for = f"the portable target {info.target} (compute capability 8.6 and later)"
+    elif target is not None:  # built for the GPU of the build machine: full TensorRT, or TensorRT-RTX 'current'
+        if (int(target.group(1)), int(target.group(2))) == cc:
+            return None
+        built_for = f"the GPU it was built on (compute capability {target.group(1)}.{target.group(2)})"
+    else:
+        return None
+    return f"it was built for {built_for}, and this is {device.describe()}"

@@ -87,11 +87,15 @@ def test_main_job_generates_the_prompted_colours(demo_export, cache, tmp_path):
     assert (judged.fg_colour, judged.bg_colour) == ("yellow", "purple"), judged
 
 
-def test_tensorrt_backend_builds_the_demo_engines_where_possible(cache, tmp_path):
-    """--backend tensorrt without --artifacts builds the demo's engines into the cache once. TensorRT-RTX
-    builds without a GPU; running the engines needs one, so on a CPU-only machine the command then stops
-    with the runner's message instead of an image."""
+def test_tensorrt_backend_builds_the_demo_engines_where_they_can_run(cache, tmp_path):
+    """--backend tensorrt without --artifacts builds the demo's engines into the cache once and runs them. Where
+    no GPU could run them, nothing is built (tests/faults/test_engine_faults.py checks that message)."""
     pytest.importorskip("tensorrt_rtx", reason="needs TensorRT-RTX (the test extra installs it on Linux/Windows)")
+    from dcae_deploy.tensorrt_support import gpu_problem
+
+    problem = gpu_problem()
+    if problem is not None:
+        pytest.skip(f"no GPU here that TensorRT engines run on ({problem})")
     env = {"DCAE_DEPLOY_CACHE": str(cache), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, "-m", "dcae_deploy.generate", "--prompt", "a red circle", "--backend", "tensorrt",
@@ -101,6 +105,4 @@ def test_tensorrt_backend_builds_the_demo_engines_where_possible(cache, tmp_path
     plans = sorted(p.name for p in cache.glob("demo-*/engines/*/*.plan"))
     assert plans == sorted(f"{c}.plan" for c in ("decoder", "decoder_global", "decoder_local", "denoiser",
                                                   "text_encoder")), run.stderr[-2000:]
-    if run.returncode != 0:  # no GPU here: the error names what is missing, and no PNG is written
-        assert "GPU" in run.stderr or "CUDA" in run.stderr, run.stderr[-2000:]
-        assert not (tmp_path / "trt.png").exists()
+    assert run.returncode == 0 and (tmp_path / "trt.png").is_file(), run.stderr[-2000:]

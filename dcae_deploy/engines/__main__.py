@@ -2,7 +2,10 @@
 
 build DIR    one engine per component of DIR/manifest.json -> DIR/engines/<backend>-<version>-<target>-<precision>/
 script DIR   (re)write DIR/build_engines.sh, the same builds as trtexec / tensorrt_rtx command lines
-info ENGINES describe the engines of a folder written by `build` (from their sidecars)
+info ENGINES describe the engines of a folder written by `build` (from their sidecars), or of every engine folder
+             of an export; each is checked against the export's manifest: a plan built from other graphs (the
+             folder was re-exported since, or the engines belong to another export) is marked STALE and the
+             command exits with status 1
 """
 
 from __future__ import annotations
@@ -40,19 +43,60 @@ def _script(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from dcae_deploy.engines.sidecar import load_engine_info
+    from pathlib import Path
 
-    for name, info in load_engine_info(args.engine_dir, verify=not args.no_verify).items():
-        print(
-            f"{name}: {info.backend} {info.backend_version}, target {info.target}, {info.precision}, "
-            f"{info.plan_bytes / 1e6:.1f} MB, from {info.onnx_file} ({info.variant})"
-        )
-        for tensor in info.inputs:
-            p = info.profiles.get(tensor.name)
-            shapes = f" min {list(p.min)} opt {list(p.opt)} max {list(p.max)}" if p else ""
-            print(f"  in  {tensor.name} {tensor.dtype} {list(tensor.shape)}{shapes}")
-        for tensor in info.outputs:
-            print(f"  out {tensor.name} {tensor.dtype} {list(tensor.shape)}")
+    from dcae_deploy.engines.sidecar import (
+        EngineInfoError,
+        check_freshness,
+        engine_export,
+        list_engine_dirs,
+        load_engine_info,
+    )
+    from dcae_deploy.manifest import MANIFEST_FILE, read_manifest
+
+    target = Path(args.engine_dir)
+    if (target / MANIFEST_FILE).is_file():  # an export folder: every engine folder under it
+        folders = list_engine_dirs(target / "engines")
+        if not folders:
+            raise EngineInfoError(f"{target} has no engines (no engine folder under {target / 'engines'}): build them "
+                                  f"with `python -m dcae_deploy.engines build {target}`")
+        export_arg = args.export or target
+    else:
+        folders, export_arg = [target], args.export
+    stale_exports: dict[Path, list[str]] = {}
+    for folder in folders:
+        infos = load_engine_info(folder, verify=not args.no_verify)
+        export = engine_export(folder, infos, export_arg)
+        stale = check_freshness(infos, read_manifest(export, verify=False)) if export is not None else {}
+        if export is None:
+            print(f"{folder}: not checked against an export (no {MANIFEST_FILE} beside it or where it was built "
+                  "from; pass --export EXPORT_DIR)")
+        else:
+            state = f"{len(stale)} of {len(infos)} STALE" if stale else "fresh (every plan built from its graphs)"
+            print(f"{folder}: checked against {export / MANIFEST_FILE}: {state}")
+        for name, info in infos.items():
+            mark = "STALE " if name in stale else ""
+            print(
+                f"{mark}{name}: {info.backend} {info.backend_version}, target {info.target}, {info.precision}, "
+                f"{info.plan_bytes / 1e6:.1f} MB, from {info.onnx_file} ({info.variant})"
+            )
+            if name in stale:
+                print(f"  STALE: built from other graphs than the export's: {stale[name]}")
+            for tensor in info.inputs:
+                p = info.profiles.get(tensor.name)
+                shapes = f" min {list(p.min)} opt {list(p.opt)} max {list(p.max)}" if p else ""
+                print(f"  in  {tensor.name} {tensor.dtype} {list(tensor.shape)}{shapes}")
+            for tensor in info.outputs:
+                print(f"  out {tensor.name} {tensor.dtype} {list(tensor.shape)}")
+        if stale:
+            stale_exports.setdefault(export, []).extend(str(folder / f"{name}.plan") for name in stale)
+    if stale_exports:
+        raise EngineInfoError("; ".join(
+            f"{len(plans)} stale engine(s) ({', '.join(plans)}): built from other graphs than {export / MANIFEST_FILE} "
+            f"lists (the folder was re-exported since, or they belong to another export); the runtime refuses them. "
+            f"Rebuild: `python -m dcae_deploy.engines build {export}`"
+            for export, plans in stale_exports.items()
+        ))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder")
     p.set_defaults(func=_script)
 
-    p = sub.add_parser("info", help="describe the engines of a folder written by `build`")
-    p.add_argument("engine_dir")
+    p = sub.add_parser("info", help="describe the engines of a folder written by `build` and check them against the "
+                       "export (exit status 1 if any is stale)")
+    p.add_argument("engine_dir", help="an engine folder, or an export folder (all its engine folders)")
+    p.add_argument("--export", default=None, metavar="EXPORT_DIR",
+                   help="the export to check the engines against (default: the export holding the engine folder, "
+                   "else the one they were built from)")
     p.add_argument("--no-verify", action="store_true", help="skip the plan SHA-256 check")
     p.set_defaults(func=_info)
 

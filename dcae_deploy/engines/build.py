@@ -2,7 +2,9 @@
 
 One engine per component, strongly typed (the precision lives in the ONNX graph, no fp16 flag), with
 one optimisation profile whose min/opt/max shapes come from the manifest. Plans and sidecars are
-written atomically; a component whose build fails leaves nothing behind under its final names.
+written atomically; a component whose build fails leaves nothing behind under its final names. Plans already in
+the engine folder that were built from other graphs (the export was re-exported since) are stale: the build
+says so and replaces those it builds, and warns about any it leaves (the runtime refuses them).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from dcae_deploy.engines.common import (
     load_flavour,
     resolve_target,
 )
+from dcae_deploy.engines.sidecar import list_engine_dirs
 from dcae_deploy.manifest import Component, Manifest, read_manifest, sha256_file
-from dcae_deploy.tensorrt_support import PLAN_SUFFIX, SIDECAR_SUFFIX, EngineInfo
+from dcae_deploy.tensorrt_support import PLAN_SUFFIX, SIDECAR_SUFFIX, EngineInfo, stale_engines
 
 _STATUS_WIDTH = 100  # characters of the in-place progress line on a terminal
 # Enough of the backend's error log to explain a failed build without flooding the terminal.
@@ -78,6 +81,7 @@ def build_engines(
         cache_path = None
     cache_bytes = _read_timing_cache(cache_path)
     manifest_sha = sha256_file(folder / "manifest.json")
+    _report_stale(engine_dir, manifest, {c.name for c in selected}, stream)
 
     infos: dict[str, EngineInfo] = {}
     for component in selected:
@@ -99,6 +103,27 @@ def build_engines(
     if cache_path is not None and cache_bytes is not None:
         atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(cache_bytes))
     return infos
+
+
+def _report_stale(engine_dir: Path, manifest: Manifest, rebuilt: set[str], stream: IO[str]) -> None:
+    """Say which plans of ``engine_dir`` (and of the folders beside it) were built from other graphs than
+    ``manifest`` lists: those in ``rebuilt`` are about to be replaced, the others stay stale."""
+    if engine_dir.is_dir():
+        for name, why in stale_engines(engine_dir, manifest.components).items():
+            plan = engine_dir / f"{name}{PLAN_SUFFIX}"
+            if name in rebuilt:
+                _say(stream, f"replacing stale engine {plan}: it was built from other graphs ({why})")
+            elif name in manifest.components:
+                _say(stream, f"warning: {plan} is stale (built from other graphs: {why}) and this build leaves it; "
+                             f"the runtime refuses it: rebuild it too (--components {name})")
+            else:
+                _say(stream, f"warning: {plan} is stale ({why}); delete it")
+    for sibling in list_engine_dirs(engine_dir.parent):
+        if sibling.resolve() != engine_dir.resolve():
+            stale = stale_engines(sibling, manifest.components)
+            if stale:
+                _say(stream, f"note: {sibling} holds engines built from other graphs ({', '.join(sorted(stale))}): "
+                             "the runtime refuses them; delete that folder")
 
 
 def _select_components(manifest: Manifest, names: Iterable[str] | None) -> list[Component]:

@@ -3,15 +3,30 @@
 ``python -m dcae_deploy.export --model f32c32-sana --checkpoint PATH --output DIR`` (an autoencoder),
 ``--model demo --checkpoint PIPELINE_FOLDER`` (text-to-image: text_encoder, denoiser, decoder graphs,
 the tokenizer copied into ``DIR/tokenizer/`` and the manifest's ``pipeline`` section), or from Python
-:func:`export_model`. Graphs are written into a hidden staging folder inside ``DIR`` and moved into place
-only after every graph passed the parity gate; the manifest is written last. A failed export leaves
-``DIR/parity.json`` (what failed, by how much) and no graphs or manifest.
+:func:`export_model`.
+
+Nothing half-written is left behind, and ``parity.json`` always describes the graphs beside it:
+
+* The profile is checked before any work: order, multiples of the compression ratio, and an upper bound
+  (no tensor past TensorRT's per-tensor limit, :mod:`dcae_deploy.export.limits`).
+* Weights with NaN/Inf are refused as soon as they are loaded; a PyTorch reference that produces NaN/Inf is
+  reported as the model's fault, NaN/Inf in a graph as the export's (:mod:`dcae_deploy.export.numerics`).
+* Graphs are written into a hidden staging folder ``DIR/.export-staging-<pid>-*`` (its owner in
+  ``owner.json``) and moved into place only after every graph passed the parity gate: the previous
+  ``manifest.json`` and ``parity.json`` are removed first and the new manifest is written last, so a folder
+  with a manifest is always complete. The staging folders of exports that were killed (their process is gone)
+  are removed by the next export into ``DIR``; a live concurrent export's is left alone.
+* A failed export keeps no graphs and leaves the previous export untouched; its report (what failed, by how
+  much) goes to ``DIR/parity-failed.json``, never over the previous graphs' ``parity.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -22,10 +37,12 @@ import torch
 
 from dcae_deploy.checkpoints import write_json
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.export.gate import OnnxGraphRunner, ParityError, compare, summarize
+from dcae_deploy.export.gate import OnnxGraphRunner, ParityError, compare, failure_message, summarize
+from dcae_deploy.export.limits import check_profile_size
+from dcae_deploy.export.numerics import check_weights, overflow_note, reference_error
 from dcae_deploy.export.onnx_export import OPSET, export_onnx
 from dcae_deploy.family import component_names, image_ratio, roles_for, text_components
-from dcae_deploy.manifest import Component, Manifest, sha256_file, write_manifest
+from dcae_deploy.manifest import MANIFEST_FILE, Component, Manifest, sha256_file, write_manifest
 from dcae_deploy.models.pipeline import PipelineModels, build_parts, load_parts
 from dcae_deploy.registry import get_variant
 from dcae_deploy.specs import (
@@ -43,7 +60,12 @@ from dcae_deploy.specs import (
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PARITY_FILE = "parity.json"
+FAILED_PARITY_FILE = "parity-failed.json"  # a failed export's report: never over the valid graphs' parity.json
 TOKENIZER_DIR = "tokenizer"
+STAGING_PREFIX = ".export-staging-"  # + "<pid>-<random>"
+OWNER_FILE = "owner.json"  # in a staging folder: the exporting process (pid, host, start time)
+ENGINES_DIR = "engines"  # where python -m dcae_deploy.engines builds by default
+_OWN_STAGING: set[Path] = set()  # the staging folders of exports running in this process (threads)
 
 __all__ = ["DEFAULT_RESOLUTION", "PRECISIONS", "Resolution", "export_model"]
 
@@ -83,8 +105,9 @@ def export_model(
             (a pipeline: its own image size as the optimum).
 
     Raises:
-        DcaeDeployError: bad arguments, unreadable checkpoint, unwritable folder, export failure.
-        ParityError: a graph broke its tolerance (details in ``output_dir/parity.json``).
+        DcaeDeployError: bad arguments (a profile past TensorRT's limits included), unreadable checkpoint or one
+            with NaN/Inf weights, unwritable folder, export failure.
+        ParityError: a graph broke its tolerance or computed NaN/Inf (details in ``output_dir/parity-failed.json``).
     """
     config = get_variant(variant)
     names = component_names(config, components)
@@ -92,11 +115,17 @@ def export_model(
         raise DcaeDeployError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     res = default_resolution(config, min_res, opt_res, max_res, max_batch)
     res.validate(image_ratio(config))
+    check_profile_size(config, names, res)  # before the folder, the checkpoint or any graph
     output_dir = _prepare_output(Path(output_dir))
+    _remove_stale_staging(output_dir)
     parts = _load_parts(config, checkpoint, names)
+    source = str(checkpoint) if checkpoint else None
+    modules = _modules(parts, config, names)
+    check_weights(modules, source)
     specs = [component_spec(config, name, parts, res, parts.tokenizer) for name in names]
 
-    staging = Path(tempfile.mkdtemp(prefix=".export-staging-", dir=output_dir))
+    staging = _new_staging(output_dir)
+    _OWN_STAGING.add(staging)
     try:
         exported, records = {}, []
         readers = text_components(config, names)  # the graphs whose inputs come from the tokenizer
@@ -104,16 +133,18 @@ def export_model(
         for spec in specs:
             extra = tokenizer_files if spec.name in readers else {}
             exported[spec.name] = _export_component(parts, spec, precision, staging, extra, verbose)
-            records += _parity(parts, spec, precision, staging)
+            records += _parity(parts, spec, precision, staging, source, modules)
         failed = [r for r in records if not r.passed]
         report = {"variant": config.name, "precision": precision, "passed": not failed,
                   "records": [r.to_dict() for r in records]}
         log("parity against PyTorch fp32:\n" + summarize(records))
         if failed:
-            write_json(output_dir / PARITY_FILE, report)
+            write_json(output_dir / FAILED_PARITY_FILE, report)
+            note = overflow_note(modules, precision)
+            kept = " (the previous export in this folder is untouched)" if (output_dir / MANIFEST_FILE).is_file() else ""
             raise ParityError(
-                f"{len(failed)} of {len(records)} parity checks failed for {config.name} ({precision}):\n"
-                f"{summarize(failed)}\nNo graphs were kept; details in {output_dir / PARITY_FILE}"
+                f"{failure_message(failed, len(records), config.name, precision, note)}\n"
+                f"No graphs were kept{kept}; details in {output_dir / FAILED_PARITY_FILE}"
             )
         manifest = Manifest(
             variant=config.name,
@@ -127,6 +158,11 @@ def export_model(
             versions=tool_versions(),
             pipeline=pipeline_section(config, parts, parts.tokenizer, tokenizer_path),
         )
+        # Commit. Without its manifest the folder is no export (the runtime refuses it), so removing the previous
+        # one first means a kill from here on leaves an incomplete folder that says so, never old metadata
+        # over new graphs; the manifest, written last, completes it.
+        for stale in (MANIFEST_FILE, PARITY_FILE, FAILED_PARITY_FILE):
+            (output_dir / stale).unlink(missing_ok=True)
         for component in exported.values():
             for name in component.files:
                 (output_dir / name).parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +172,9 @@ def export_model(
         _write_build_script(output_dir, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        _OWN_STAGING.discard(staging)
     log(f"wrote {', '.join(c.file for c in manifest.components.values())} and manifest.json to {output_dir}")
+    _note_engines(output_dir)
     return manifest
 
 
@@ -148,6 +186,96 @@ def _prepare_output(path: Path) -> Path:
     except OSError as exc:
         raise DcaeDeployError(f"output folder {path} is not writable ({exc.strerror}); choose another --output") from exc
     return path
+
+
+def _new_staging(output_dir: Path) -> Path:
+    """A fresh staging folder named after this process (``.export-staging-<pid>-*``), its owner in ``owner.json``.
+
+    The pid is in the name, which ``mkdtemp`` creates atomically, so even a process killed before it wrote
+    ``owner.json`` leaves a folder that the next export can tell to be stale.
+    """
+    pid = os.getpid()
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{pid}-", dir=output_dir))
+    write_json(staging / OWNER_FILE, {"pid": pid, "host": socket.gethostname(), "started": _process_start(pid)})
+    return staging
+
+
+def _remove_stale_staging(output_dir: Path) -> None:
+    """Remove the staging folders in ``output_dir`` of exports whose process is gone (killed: SIGKILL, power,
+    out of memory); keep those of live exports, and those whose owner cannot be checked (another host)."""
+    for path in sorted(output_dir.glob(STAGING_PREFIX + "*")):
+        if not path.is_dir():
+            continue
+        owner = _staging_owner(path)
+        if owner is None:
+            log(f"note: {path} was left by an older dcae_deploy that recorded no owner; delete it if no export is "
+                "running into this folder")
+            continue
+        pid, host, started = owner
+        if path in _OWN_STAGING:  # another thread of this process is exporting into this folder
+            continue
+        if host is not None and host != socket.gethostname():
+            log(f"note: {path} belongs to an export on host {host} (pid {pid}); left alone")
+            continue
+        if _process_alive(pid, started):
+            log(f"note: {path} belongs to a running export (pid {pid}) into this folder; left alone")
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log(f"removed {path.name}: the partial graphs of an export (pid {pid}) that was killed")
+
+
+def _staging_owner(path: Path) -> tuple[int, str | None, int | None] | None:
+    """(pid, host, process start time) of a staging folder, from its name and ``owner.json``; None if unknown."""
+    head, _, rest = path.name[len(STAGING_PREFIX):].partition("-")
+    if not head.isdigit() or not rest:
+        return None
+    pid, host, started = int(head), None, None
+    try:
+        owner = json.loads((path / OWNER_FILE).read_text())
+        if owner.get("pid") == pid:
+            host, started = owner.get("host"), owner.get("started")
+    except (OSError, ValueError, AttributeError):  # killed before owner.json was complete: the name says enough
+        pass
+    return pid, host, started
+
+
+def _process_alive(pid: int, started: int | None) -> bool:
+    """Whether process ``pid`` runs (``os.kill(pid, 0)``) and is the one that started at ``started`` (a pid that was
+    reused by a later process is not the owner)."""
+    if pid == os.getpid():
+        return False  # not one of this process's own (see _OWN_STAGING): an earlier process with our pid made it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OSError:
+        return True  # cannot tell: keep it
+    now = _process_start(pid)
+    return started is None or now is None or now == started
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # field 22; the name in (...) may hold spaces
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _note_engines(output_dir: Path) -> None:
+    """Say so when the folder holds engines: they were built from the graphs this export replaced."""
+    engines = output_dir / ENGINES_DIR
+    if engines.is_dir() and any(engines.iterdir()):
+        log(f"note: {engines} holds TensorRT engines built from the previous graphs; they do not match the new "
+            f"graphs and will be refused until rebuilt: python -m dcae_deploy.engines build {output_dir}")
+
+
+def _modules(parts: PipelineModels, config, names: list[str]) -> dict[str, torch.nn.Module]:
+    """Role -> loaded PyTorch module, for the parts that ``names`` need."""
+    return {role: getattr(parts, role) for role in roles_for(config, names) if getattr(parts, role, None) is not None}
 
 
 def _load_parts(config, checkpoint, names: list[str]) -> PipelineModels:
@@ -195,7 +323,8 @@ def _export_component(
     return component_record(spec, precision, path.name, {**{f.name: sha256_file(f) for f in files}, **extra_files})
 
 
-def _parity(parts: PipelineModels, spec: ComponentSpec, precision: str, staging: Path):
+def _parity(parts: PipelineModels, spec: ComponentSpec, precision: str, staging: Path, source: str | None,
+            modules: dict[str, torch.nn.Module]):
     runner = OnnxGraphRunner(staging / f"{spec.name}.onnx", precision)
     module = spec.module(parts).float().eval()
     records = []
@@ -203,6 +332,10 @@ def _parity(parts: PipelineModels, spec: ComponentSpec, precision: str, staging:
         inputs = spec.sample_inputs(point, seed=100 + i)
         with torch.no_grad():
             expected = module(*inputs).numpy()
+        if not np.isfinite(expected).all():  # the model's fault, not the graph's: say so before comparing
+            shapes = ", ".join(f"{t.name} {tuple(x.shape)}" for t, x in zip(spec.inputs, inputs))
+            raise reference_error(spec.name, spec.output_names[0], expected, modules, source,
+                                  f"the gate's seeded random {shapes}")
         feeds = {}
         for t, x in zip(spec.inputs, inputs):
             if t.dtype == "float":

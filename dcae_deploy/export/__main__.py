@@ -34,9 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--min-res", type=int, default=None, help=f"smallest image side in pixels (default {d.min_res})")
     p.add_argument("--opt-res", type=int, default=None, help=f"image side engines optimise for (default {d.opt_res})")
-    p.add_argument("--max-res", type=int, default=None, help=f"largest image side in pixels (default {d.max_res})")
+    p.add_argument("--max-res", type=int, default=None,
+                   help=f"largest image side in pixels (default {d.max_res}); refused when a tensor of a graph at "
+                   "--max-res and --max-batch would pass TensorRT's 2^31-1 elements (the error says the largest that fits)")
     p.add_argument("--max-batch", type=int, default=None, help=f"largest batch (default {d.max_batch})")
-    p.add_argument("--output", required=True, help="output folder for the graphs, manifest.json and parity.json")
+    p.add_argument("--output", required=True,
+                   help="output folder for the graphs, manifest.json and parity.json (a failed gate: parity-failed.json)")
     p.add_argument("--verbose", action="store_true", help="show the exporter's own output")
     return p
 

@@ -85,8 +85,9 @@ def test_parity_failure_is_an_error_and_keeps_no_graphs(tmp_path, monkeypatch):
     monkeypatch.setitem(parity.REL_L2, "fp32", 0.0)  # an impossible gate: every comparison must now fail
     with pytest.raises(ParityError, match="parity checks failed"):
         export_model("tiny-f32c32-sana", tmp_path, components=["decoder"], **TINY_PROFILE)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["parity.json"]
-    assert json.loads((tmp_path / "parity.json").read_text())["passed"] is False
+    # the failed report never takes the name of a valid export's report (parity.json describes the graphs beside it)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parity-failed.json"]
+    assert json.loads((tmp_path / "parity-failed.json").read_text())["passed"] is False
 
 
 @pytest.mark.parametrize(
@@ -97,6 +98,8 @@ def test_parity_failure_is_an_error_and_keeps_no_graphs(tmp_path, monkeypatch):
         (dict(min_res=256, opt_res=128, max_res=512), DcaeDeployError, "profile out of order"),
         (dict(min_res=48, opt_res=64, max_res=128), DcaeDeployError, "--min-res 48 must be a positive multiple of"),
         (dict(max_batch=0), DcaeDeployError, "--max-batch must be between 1 and 64"),
+        (dict(max_res=256.0), DcaeDeployError, "--max-res must be a whole number, got 256.0"),
+        (dict(max_res=2**20), DcaeDeployError, "profile too large for TensorRT.*2,147,483,647 elements per tensor"),
         (dict(precision="int4"), DcaeDeployError, "unknown precision 'int4'"),
     ],
 )

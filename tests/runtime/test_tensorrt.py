@@ -16,7 +16,10 @@ def _gpu_reason() -> str | None:
         return "no NVIDIA GPU on this machine: TensorRT deserialises and runs plans only on a GPU"
     if not any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx")):
         return "neither tensorrt nor tensorrt_rtx is installed"
-    return None
+    from dcae_deploy.tensorrt_support import gpu_problem
+
+    problem = gpu_problem()  # e.g. only TensorRT-RTX installed, on an H100/H200 (compute capability 9.0)
+    return f"the installed TensorRT cannot run engines on this machine: {problem}" if problem else None
 
 
 def test_missing_engines_say_how_to_build_them(artifacts):

@@ -1,7 +1,11 @@
 """TensorRT / TensorRT-RTX engine runner (``tensorrt`` or ``tensorrt_rtx``, imported lazily).
 
 Only a ``.plan`` and the manifest's tensor names are needed, so engines built by ``trtexec`` (or the
-``tensorrt_rtx`` CLI) run as well as those of ``python -m dcae_deploy.engines``. Per ``infer`` call: every
+``tensorrt_rtx`` CLI) run as well as those of ``python -m dcae_deploy.engines``. Before anything is deserialised,
+``load`` checks (without a GPU) that the plan was built from the manifest's graphs, when its sidecar says what it
+was built from (a re-export, or an engine folder of another export, is refused as stale), then that this machine
+has a GPU and driver the flavour runs on and that the plan's build target includes it (one cheap driver probe,
+``dcae_deploy/tensorrt_support.py``). Per ``infer`` call: every
 input shape is set (and checked against the engine's profile), device buffers grow as needed, inputs are
 copied host -> device, ``execute_async_v3`` runs on a private stream and outputs are copied back.
 ``bind`` does the first half once (shapes, buffers, input copies, tensor addresses), each ``run_bound`` is one
@@ -25,10 +29,23 @@ from pathlib import Path
 
 import numpy as np
 
-from dcae_deploy.manifest import Component
+from dcae_deploy.manifest import MANIFEST_FILE, Component, ManifestError, read_manifest
 from dcae_deploy.runtime.errors import BackendError
 from dcae_deploy.runtime.runners.base import Binding, Runner, numpy_dtype
-from dcae_deploy.tensorrt_support import FLAVOURS, TensorRTFlavour, TensorRTUnavailable, import_flavour
+from dcae_deploy.tensorrt_support import (
+    FLAVOURS,
+    EngineInfo,
+    EngineInfoError,
+    GpuUnavailable,
+    TensorRTFlavour,
+    TensorRTUnavailable,
+    engine_mismatch,
+    import_flavour,
+    plan_device_problem,
+    read_sidecar,
+    require_gpu,
+    sidecar_path,
+)
 
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
                "BOOL": "bool", "INT8": "int8", "UINT8": "uint8"}
@@ -51,6 +68,13 @@ def _load_flavour(flavour: str | None) -> TensorRTFlavour:
             f"no TensorRT runtime: {exc}. Install `tensorrt` (NVIDIA's index) or "
             "`tensorrt-rtx-cu13` for RTX GPUs, plus `cuda-python`"
         ) from exc
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 class CudaRuntime:
@@ -157,14 +181,18 @@ class TensorRTBinding(Binding):
 
 
 class TensorRTRunner(Runner):
-    """One deserialised engine; tensors are bound by the manifest's names."""
+    """One deserialised engine; tensors are bound by the manifest's names. ``export_dir``: the export folder the
+    manifest entry ``component`` comes from, named in the rebuild command of a stale plan (found from the plan's
+    place when it lies in that export's ``engines/``)."""
 
     backend = "tensorrt"
 
-    def __init__(self, component: Component, plan: str | Path, flavour: str | None = None) -> None:
+    def __init__(self, component: Component, plan: str | Path, flavour: str | None = None,
+                 export_dir: str | Path | None = None) -> None:
         super().__init__(component)
         self.plan = Path(plan)
         self.flavour = flavour
+        self.export_dir = Path(export_dir) if export_dir is not None else None
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
         self._imported: TensorRTFlavour | None = None
         self._placed: TensorRTBinding | None = None  # the binding whose tensors the context and buffers hold
@@ -180,6 +208,18 @@ class TensorRTRunner(Runner):
     def _load(self) -> None:
         if not self.plan.is_file():
             raise BackendError(f"engine {self.plan} not found: build it with `python -m dcae_deploy.engines build`")
+        info = self.check_plan()  # a stale plan is refused before anything needs a GPU
+        try:
+            device = require_gpu(self.flavour or (info.backend if info is not None else None))
+        except GpuUnavailable as exc:
+            raise BackendError(str(exc)) from exc
+        problem = plan_device_problem(info, device) if info is not None else None
+        if problem is not None:
+            raise BackendError(
+                f"{self.name}: engine {self.plan} cannot run here: {problem}. Rebuild it for this GPU: "
+                f"`python -m dcae_deploy.engines build {self._export_hint()} --compute-capability current` "
+                "(TensorRT-RTX), or build it on this GPU (full TensorRT)"
+            )
         self._imported = _load_flavour(self.flavour)
         self.flavour = self.backend = self._imported.name
         trt = self._trt = self._imported.trt
@@ -188,14 +228,69 @@ class TensorRTRunner(Runner):
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if engine is None:
+            built = f" (built by {info.backend} {info.backend_version})" if info is not None else ""
             raise BackendError(
-                f"{self.flavour} could not deserialize {self.plan}: it was built by another version or for "
-                "another GPU (TensorRT-RTX runs on compute capability 8.0, 8.6, 8.9, 12.x); rebuild it here"
+                f"{self.flavour} {self._imported.version} could not deserialize {self.plan}{built} on "
+                f"{device.describe()}: it was built by another version, or for another GPU; rebuild it here "
+                f"(`python -m dcae_deploy.engines build {self._export_hint()}`)"
             )
         self._engine = engine
         self._context = engine.create_execution_context()
         self._check_bindings()
         self._stream = self._cuda.stream_create()
+
+    def check_plan(self) -> EngineInfo | None:
+        """The plan's sidecar, checked against the manifest entry (no GPU, nothing deserialised); None for a bare
+        plan (trtexec's), which has nothing to check it against."""
+        path = sidecar_path(self.plan)
+        if not path.is_file():
+            return None
+        try:
+            info = read_sidecar(path, verify=False)  # the plan's size is checked below; its SHA-256 costs a read
+        except EngineInfoError as exc:
+            raise BackendError(f"{self.name}: {exc}") from exc
+        size = self.plan.stat().st_size
+        if size != info.plan_bytes:
+            raise BackendError(
+                f"{self.name}: engine {self.plan} has {size} bytes, its sidecar {path.name} says {info.plan_bytes}: "
+                f"it changed after it was built (truncated or replaced); rebuild the engines: "
+                f"`python -m dcae_deploy.engines build {self._export_hint()}`"
+            )
+        why = engine_mismatch(info, self.component)
+        if why is None:
+            return info
+        export = self._export_dir()
+        source = Path(info.source_dir)
+        head = (f"{self.name}: refusing stale engine {self.plan}: it was built from other graphs than the export's "
+                f"{self.name} ({why})")
+        if export is not None and _same_folder(source, export):
+            raise BackendError(f"{head}. {export} was re-exported after the engines were built; rebuild them: "
+                               f"`python -m dcae_deploy.engines build {export}`")
+        raise BackendError(
+            f"{head}. It was built from the export in {source}: this engine folder belongs to another export (or "
+            f"to an earlier one). Use the engines built from this export, or build them: "
+            f"`python -m dcae_deploy.engines build {export if export is not None else 'EXPORT_DIR'}`"
+            + ("" if export is not None else " (EXPORT_DIR: the export folder you are running)")
+        )
+
+    def _export_dir(self) -> Path | None:
+        """The export this runner's manifest entry comes from: ``export_dir``, else the export folder holding the
+        plan (``EXPORT/engines/<name>/``) when its manifest lists this very component (same files)."""
+        if self.export_dir is not None:
+            return self.export_dir
+        folder = self.plan.resolve().parent
+        candidate = folder.parent.parent
+        if folder.parent.name != "engines" or not (candidate / MANIFEST_FILE).is_file():
+            return None
+        try:
+            listed = read_manifest(candidate, verify=False).components.get(self.name)
+        except ManifestError:
+            return None
+        return candidate if listed is not None and listed.files == self.component.files else None
+
+    def _export_hint(self) -> str:
+        export = self._export_dir()
+        return str(export) if export is not None else "EXPORT_DIR"
 
     def _check_bindings(self) -> None:
         trt, engine = self._trt, self._engine
