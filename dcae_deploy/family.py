@@ -90,8 +90,9 @@ class ModelFamily:
         """A randomly initialised PyTorch module of ``config``."""
         return self.function(self.build)(config)
 
-    def load_module(self, path: Any, variant: str) -> Any:
-        """The module saved at ``path`` (any layout the family reads), checked to be ``variant``."""
+    def load_module(self, path: Any, variant: Any) -> Any:
+        """The module saved at ``path`` (any layout the family reads), checked to be ``variant`` (a registered
+        name or a config)."""
         return self.function(self.load)(path, variant)
 
     def save_module(self, module: Any, path: Any) -> Any:
@@ -120,6 +121,34 @@ def family_of(config: Any) -> ModelFamily:
     if family is None:
         raise DcaeDeployError(f"{getattr(config, 'name', config)!r} ({type(config).__name__}) belongs to no model family")
     return family
+
+
+def family_named(name: str) -> ModelFamily:
+    """The registered family called ``name`` (``"dc-ae"``, ...)."""
+    _load_families()
+    for family in FAMILIES.values():
+        if family.name == name:
+            return family
+    raise DcaeDeployError(f"no model family {name!r}; families: {', '.join(f.name for f in FAMILIES.values())}")
+
+
+def describe_config(config: Any) -> dict[str, Any] | None:
+    """What a manifest records of a variant that is not registered (a custom architecture), so that later stages
+    rebuild it without the registry: ``{"family": ..., "config": ...}``; None for a registered variant."""
+    from dcae_deploy.registry import is_registered
+
+    if is_composite(config) or is_registered(config):
+        return None
+    return {"family": family_of(config).name, "config": config.to_dict()}
+
+
+def config_from_record(variant: str, record: dict[str, Any] | None) -> Any:
+    """The config of a manifest's variant: rebuilt from its ``model_config`` record, else the registered one."""
+    if record is None:
+        from dcae_deploy.registry import get_variant
+
+        return get_variant(variant)
+    return family_named(record["family"]).config.from_dict(record["config"])
 
 
 def is_composite(config: Any) -> bool:

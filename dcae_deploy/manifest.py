@@ -176,6 +176,9 @@ class Manifest:
     checkpoint: str | None = None  # None: randomly initialised weights (structure check only)
     versions: dict[str, str] = field(default_factory=dict)
     pipeline: PipelineSection | None = None  # pipeline exports only (see the module docstring)
+    # a variant that is not registered (a custom architecture): {"family": name, "config": config.to_dict()},
+    # all that later stages need to rebuild it (the torch backend, parity); None for registered variants
+    model_config: dict[str, Any] | None = None
 
     def component(self, name: str) -> Component:
         if name not in self.components:

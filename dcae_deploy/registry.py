@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     VariantConfig = Union[AutoencoderConfig, DenoiserConfig, TextEncoderConfig, PipelineConfig]
 
-__all__ = ["get_variant", "list_variants", "register"]
+__all__ = ["get_variant", "is_registered", "list_variants", "register"]
 
 _REGISTRY: dict[str, Any] = {}
 _ALIASES: dict[str, str] = {}
@@ -53,6 +53,11 @@ def list_variants(kind: str | None = None, include_tiny: bool = True) -> list[st
         for name, cfg in _loaded().items()
         if (kind is None or cfg.kind == kind) and (include_tiny or not name.startswith("tiny-"))
     )
+
+
+def is_registered(config: Any) -> bool:
+    """Whether ``config`` is exactly the config registered under its name (not a custom or changed one)."""
+    return _loaded().get(config.name) == config
 
 
 @overload

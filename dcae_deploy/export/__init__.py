@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ from dcae_deploy.export.gate import OnnxGraphRunner, ParityError, compare, failu
 from dcae_deploy.export.limits import check_profile_size
 from dcae_deploy.export.numerics import check_weights, overflow_note, reference_error
 from dcae_deploy.export.onnx_export import OPSET, export_onnx
-from dcae_deploy.family import component_names, image_ratio, roles_for, text_components
+from dcae_deploy.family import component_names, describe_config, image_ratio, roles_for, text_components
 from dcae_deploy.manifest import MANIFEST_FILE, Component, Manifest, sha256_file, write_manifest
 from dcae_deploy.models.pipeline import PipelineModels, build_parts, load_parts
 from dcae_deploy.registry import get_variant
@@ -75,7 +76,7 @@ def log(message: str) -> None:
 
 
 def export_model(
-    variant: str,
+    variant: str | Any,
     output_dir: str | Path,
     *,
     checkpoint: str | Path | None = None,
@@ -90,7 +91,9 @@ def export_model(
     """Export ``components`` of ``variant`` to ONNX in ``output_dir``, run the parity gate, write the manifest.
 
     Args:
-        variant: registered variant name (``python -m dcae_deploy variants``): an autoencoder
+        variant: registered variant name (``python -m dcae_deploy variants``) or a config (a custom
+            architecture: :func:`dcae_deploy.models.autoencoder_overrides.resolve_autoencoder_config`; the manifest
+            records it as ``model_config``): an autoencoder
             (encoder, decoder), a denoiser, a text encoder, or a text-to-image pipeline (text_encoder,
             denoiser, decoder by default; encoder on request).
         output_dir: destination folder; created if missing.
@@ -109,7 +112,7 @@ def export_model(
             with NaN/Inf weights, unwritable folder, export failure.
         ParityError: a graph broke its tolerance or computed NaN/Inf (details in ``output_dir/parity-failed.json``).
     """
-    config = get_variant(variant)
+    config = get_variant(variant) if isinstance(variant, str) else variant
     names = component_names(config, components)
     if precision not in PRECISIONS:
         raise DcaeDeployError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -157,6 +160,7 @@ def export_model(
             checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
             versions=tool_versions(),
             pipeline=pipeline_section(config, parts, parts.tokenizer, tokenizer_path),
+            model_config=describe_config(config),
         )
         # Commit. Without its manifest the folder is no export (the runtime refuses it), so removing the previous
         # one first means a kill from here on leaves an incomplete folder that says so, never old metadata

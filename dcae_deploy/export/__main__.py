@@ -20,6 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
         "a denoiser (sana-600m) or a text encoder (gemma-2-2b-it); see python -m dcae_deploy variants",
     )
     p.add_argument(
+        "--override",
+        default=None,
+        metavar="'KEY=VALUE ...'",
+        help="an autoencoder --model only: a custom architecture in the reference's syntax on top of it (e.g. "
+        "\"latent_channels=16 encoder.width_list=[16,32,64,64] ...\"); --model may also be a JSON config file. The "
+        "resolved config goes into the manifest",
+    )
+    p.add_argument(
         "--checkpoint",
         default=None,
         help="local weights (a pipeline folder for pipelines); without it, random weights (structure check)",
@@ -44,13 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _model(model: str, override: str | None):
+    """A registered name as it is; a JSON config file or an override: the resolved autoencoder config."""
+    from pathlib import Path
+
+    from dcae_deploy.models.autoencoder_overrides import resolve_autoencoder_config
+
+    if override or model.endswith(".json") or Path(model).is_file():
+        return resolve_autoencoder_config(model, override)
+    return model
+
+
 def main(argv: list[str] | None = None) -> int:
     from dcae_deploy.export import export_model
 
     args = build_parser().parse_args(argv)
     components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
     export_model(
-        args.model,
+        _model(args.model, args.override),
         args.output,
         checkpoint=args.checkpoint,
         components=components,

@@ -131,7 +131,7 @@ def load_parts(config, checkpoint: str | Path, roles=None) -> PipelineModels:
     if is_composite(config):
         return load_pipeline(checkpoint, config.name, parts=roles)
     family = family_of(config)
-    module = family.load_module(checkpoint, config.name).eval()
+    module = family.load_module(checkpoint, config).eval()
     tokenizer = _part_tokenizer(config, Path(checkpoint))
     return PipelineModels(config=config, tokenizer=tokenizer, **_by_role({family.role: module}))
 
