@@ -10,6 +10,10 @@
   bounding-box fill ratio and solidity) and compared with its prompt.
 
 Exit status 1 when a ``--min-*`` goal is given and missed.
+
+``python -m dcae_deploy.evaluate reconstruction --images FOLDER ...`` is the other mode: the release's reconstruction
+metrics (PSNR, SSIM, LPIPS, rFID) of any DC-AE on your own images, PyTorch fp32 against an export on any backend
+(:mod:`dcae_deploy.evaluate.reconstruction`; ``reconstruction --help``).
 """
 
 from __future__ import annotations
@@ -108,6 +112,11 @@ def torch_generator(models, steps: int, guidance: float, height: int, width: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["reconstruction"]:
+        from dcae_deploy.evaluate.reconstruction import main as reconstruction_main
+
+        return reconstruction_main(argv[1:])
     from dcae_deploy.runtime.backends import BACKENDS
 
     p = argparse.ArgumentParser(prog="python -m dcae_deploy.evaluate", description=__doc__,
@@ -216,7 +225,3 @@ def _check_goals(args, results) -> int:
         print(f"FAILED: {message}", file=sys.stderr)
     print(json.dumps(results, indent=1))
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))
