@@ -67,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="DC-AE weights for PyTorch (any layout load_autoencoder reads, or a pipeline "
                    "folder: its vae/); with --artifacts: the reference's weights instead of the manifest's checkpoint. "
                    "Default: the shipped demo model's DC-AE")
-    p.add_argument("--model", help="with --checkpoint: the variant the weights must fit (efficientvit files of the "
-                   "in and mix variants share an architecture)")
+    p.add_argument("--model", "--variant", dest="model",
+                   help="with --checkpoint: the variant the weights must fit, a registered name or a JSON config file "
+                   "(efficientvit files of the in and mix variants share an architecture)")
+    p.add_argument("--override", default=None, metavar="'KEY=VALUE ...'",
+                   help="with --model: a custom architecture in the reference's syntax on top of it")
     p.add_argument("--artifacts", help="an export with encoder and decoder graphs (--components encoder,decoder)")
     p.add_argument("--backend", default=None, help=f"with --artifacts: comma-separated backends of {', '.join(BACKENDS)} "
                    "(default: onnxruntime); PyTorch fp32 always runs first as the reference")
@@ -122,6 +125,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     if unknown:
         raise DcaeDeployError(f"unknown backend {', '.join(unknown)}; choose among {', '.join(BACKENDS)}")
     args.backends = [REFERENCE] + [b for b in dict.fromkeys(backends) if b != REFERENCE] if args.artifacts else [REFERENCE]
+    if args.override and not args.model:
+        raise DcaeDeployError("--override applies to a --model (--variant): add the registered variant it changes")
     if args.model and (not args.checkpoint or args.artifacts):
         raise DcaeDeployError("--model names the variant of --checkpoint's weights when no export is given (an export's "
                               "manifest names its variant): use --checkpoint CKPT --model VARIANT without --artifacts")
@@ -180,7 +185,9 @@ def _checkpoint_source(args, device: str, check) -> Source:
     else:
         from dcae_deploy import load_autoencoder
 
-        ae = load_autoencoder(path, args.model)
+        from dcae_deploy.models.autoencoder_overrides import resolve_autoencoder_config
+
+        ae = load_autoencoder(path, resolve_autoencoder_config(args.model, args.override) if args.model else None)
     ae = ae.float().eval().to(device)
 
     def reconstruct(x: np.ndarray) -> np.ndarray:
