@@ -42,7 +42,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     import torch
     from PIL import Image
 
-    from dcae_deploy.checkpoints import nonfinite_cause
+    from dcae_deploy.numerics import weights_hint
     from dcae_deploy.models.autoencoder_io import load_autoencoder
     from dcae_deploy.models.autoencoder_overrides import resolve_autoencoder_config
 
@@ -67,7 +67,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     if not (bool(torch.isfinite(latents).all()) and bool(torch.isfinite(recon).all())):
         stage = "encoder" if not bool(torch.isfinite(latents).all()) else "decoder"
         raise DcaeDeployError(f"the {stage} of {model.config.name} produced NaN/Inf on {args.image}, so no image "
-                              f"was written: {nonfinite_cause(model)}")
+                              f"was written: {weights_hint(model)}")
     mse = torch.mean((recon.clamp(-1, 1) - x) ** 2 / 4).item()
     out = ((recon[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -86,28 +86,6 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors holding NaN or Inf (a corrupt or diverged checkpoint)."""
-    import torch
-
-    return [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-
-
-def describe_nonfinite(names: list[str], shown: int = 5) -> str:
-    """``"3 tensors hold NaN/Inf: a, b, c"`` for an error message."""
-    more = f" ... and {len(names) - shown} more" if len(names) > shown else ""
-    count = f"{len(names)} tensors hold" if len(names) != 1 else "1 tensor holds"
-    return f"{count} NaN/Inf: {', '.join(names[:shown])}{more}"
-
-
-def nonfinite_cause(module: torch.nn.Module) -> str:
-    """What to tell a user whose fp32 PyTorch model produced NaN/Inf: its non-finite weights, if it has any."""
-    bad = nonfinite_tensors(dict(module.state_dict()))
-    if bad:
-        return f"the checkpoint is corrupt or diverged ({describe_nonfinite(bad)}); use an intact checkpoint"
-    return "its weights are all finite, so the input or the fp32 arithmetic overflows; check the input"
-
-
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     try:

@@ -70,9 +70,9 @@ def reconstruction_psnr(autoencoder, count: int = 64, resolution: int = 128, bat
             x = torch.stack([data[i]["image"] for i in range(start, min(start + batch_size, count))])
             y = autoencoder.decode(autoencoder.encode(x))
             if not bool(torch.isfinite(y).all()):
-                from dcae_deploy.checkpoints import nonfinite_cause
+                from dcae_deploy.numerics import weights_hint
 
-                raise DcaeDeployError(f"the autoencoder's reconstructions hold NaN/Inf: {nonfinite_cause(autoencoder)}")
+                raise DcaeDeployError(f"the autoencoder's reconstructions hold NaN/Inf: {weights_hint(autoencoder)}")
             y = y.clamp(-1, 1)
             mse = ((y - x) / 2).pow(2).flatten(1).mean(1)
             psnrs += (10 * torch.log10(1 / mse.clamp_min(1e-12))).tolist()

@@ -9,13 +9,12 @@ checks the PyTorch fp32 reference before blaming the graph (:func:`reference_err
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
 from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.numerics import BadTensor, describe_bad, nonfinite_tensors  # noqa: F401  (BadTensor: re-exported)
 
 FP16_MAX = 65504.0
 
@@ -26,35 +25,6 @@ class NonFiniteWeightsError(DcaeDeployError):
 
 class NonFiniteReferenceError(DcaeDeployError):
     """The PyTorch fp32 model itself produces NaN/Inf on the parity inputs: not an export problem."""
-
-
-@dataclass(frozen=True)
-class BadTensor:
-    name: str
-    nan: int
-    inf: int
-    numel: int
-
-    def describe(self) -> str:
-        counts = [f"{n:,} {kind}" for n, kind in ((self.nan, "NaN"), (self.inf, "Inf")) if n]
-        return f"{self.name} ({' and '.join(counts)} of {self.numel:,} values)"
-
-
-def nonfinite_tensors(module: nn.Module, prefix: str = "") -> list[BadTensor]:
-    """Parameters with NaN or Inf, and floating buffers with NaN (a buffer may hold -inf on purpose: a mask)."""
-    bad = []
-    named = [(n, p, True) for n, p in module.named_parameters()] + [(n, b, False) for n, b in module.named_buffers()]
-    for name, tensor, is_parameter in named:
-        if not tensor.is_floating_point() or tensor.device.type == "meta":
-            continue
-        with torch.no_grad():
-            if bool(torch.isfinite(tensor).all()):
-                continue
-            nan = int(torch.isnan(tensor).sum())
-            inf = int(torch.isinf(tensor).sum()) if is_parameter else 0
-        if nan or inf:
-            bad.append(BadTensor(prefix + name, nan, inf, tensor.numel()))
-    return bad
 
 
 def largest_weight(module: nn.Module) -> tuple[str, float]:
@@ -76,9 +46,8 @@ def check_weights(modules: dict[str, nn.Module], source: str | None) -> None:
     if not bad:
         return
     where = f"checkpoint {source}" if source else "the randomly initialised model (a bug in dcae_deploy: report it)"
-    more = f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""
     raise NonFiniteWeightsError(
-        f"{where} holds non-finite weights (NaN/Inf): {'; '.join(t.describe() for t in bad[:3])}{more}. The PyTorch model "
+        f"{where} holds non-finite weights (NaN/Inf): {describe_bad(bad)}. The PyTorch model "
         "itself would produce NaN, so no graph could pass the parity gate, and nothing was exported. Use an intact "
         "checkpoint: re-download it, or re-save it from a training run before it diverged."
     )
