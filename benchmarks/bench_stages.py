@@ -15,7 +15,9 @@ Stages: ``text_encoder`` (the prompt and the negative prompt: batch 2 x --batch,
 Backends: ``torch`` (eager, ``torch.inference_mode``), ``torch-cudagraph`` and ``torch-compile`` (GPU only:
 ``n/a: no GPU`` otherwise), ``onnxruntime`` (CUDA EP with IO binding on a GPU, else the CPU EP with explicit
 best settings), ``onnxruntime-cpu`` (the CPU EP even on a GPU machine), ``tensorrt`` (TensorRT or
-TensorRT-RTX engines; ``n/a`` with the reason where they cannot run).
+TensorRT-RTX engines; ``n/a`` with the reason where they cannot run), ``openvino`` (the runtime's OpenVINO runner on
+the CPU, f32: its default), ``openvino-bf16`` (the same, ``INFERENCE_PRECISION_HINT=bf16``) and ``openvino-defaults``
+(no precision hint: OpenVINO's own choice, bf16 on CPUs with bf16); every OpenVINO pair compiles without a cache.
 
 Without ``--artifacts`` the needed ONNX graphs are exported first (random weights unless --checkpoint;
 random weights time the same as trained ones, and the output says so) into a cache folder and reused.
@@ -45,10 +47,11 @@ sys.path.insert(0, str(HERE))
 from bench_report import write_reports  # noqa: E402
 from bench_worker import physical_cores  # noqa: E402
 
-ALL_BACKENDS = ("torch", "torch-cudagraph", "torch-compile", "onnxruntime", "onnxruntime-cpu", "tensorrt")
+ALL_BACKENDS = ("torch", "torch-cudagraph", "torch-compile", "onnxruntime", "onnxruntime-cpu", "tensorrt",
+                "openvino", "openvino-bf16", "openvino-defaults")
 DEFAULT_BACKENDS = "torch,torch-cudagraph,torch-compile,onnxruntime,tensorrt"
 STAGE_ORDER = ("text_encoder", "denoiser", "encoder", "decoder")
-GRAPH_BACKENDS = ("onnxruntime", "onnxruntime-cpu", "tensorrt")
+GRAPH_BACKENDS = ("onnxruntime", "onnxruntime-cpu", "tensorrt", "openvino", "openvino-bf16", "openvino-defaults")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dcae_deploy" / "benchmarks"
 
 

@@ -320,6 +320,29 @@ class TrtBackend(RunnerBackend):
         self.config = {"flavour": runner.flavour, "plan": str(plan), "version": runner.version}
 
 
+class OpenVINOBackend(RunnerBackend):
+    """The runtime's OpenVINO runner on the CPU: ``openvino`` f32 (the runtime's default), ``openvino-bf16``,
+    ``openvino-defaults`` (no precision hint); no compiled-model cache, so load_s is a real compile."""
+
+    PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-defaults": "default"}
+
+    def __init__(self, job: dict) -> None:
+        from dcae_deploy.manifest import read_manifest
+        from dcae_deploy.runtime.runners.openvino import OpenVINORunner
+
+        folder = job.get("artifacts")
+        if not folder:
+            raise NotAvailable(job.get("artifacts_reason") or "no export of this stage")
+        manifest = read_manifest(folder, verify=False)
+        if job["stage"] not in manifest.components:
+            raise NotAvailable(f"the artifacts in {folder} have no {job['stage']} graph")
+        component = manifest.component(job["stage"])
+        runner = OpenVINORunner(component, Path(folder) / component.file, device="CPU",
+                                precision=self.PRECISIONS[job["backend"]], threads=job["threads"], cache_dir=None)
+        super().__init__(runner, component.outputs[0].name)
+        self.config = dict(runner.report)
+
+
 def make_backend(job: dict):
     name = job["backend"]
     if name == "torch":
@@ -334,6 +357,8 @@ def make_backend(job: dict):
         return OrtBackend(job, force_cpu=True)
     if name == "tensorrt":
         return TrtBackend(job)
+    if name.startswith("openvino"):
+        return OpenVINOBackend(job)
     raise NotAvailable(f"unknown backend {name!r}")
 
 
@@ -375,7 +400,8 @@ def _preimport(backend: str) -> None:
 
     names = {"torch": ["torch", "dcae_deploy.models.pipeline", "dcae_deploy.specs"],
              "onnxruntime": ["onnxruntime", "dcae_deploy.runtime.runners.onnxruntime"],
-             "tensorrt": ["dcae_deploy.runtime.runners.tensorrt"]}
+             "tensorrt": ["dcae_deploy.runtime.runners.tensorrt"],
+             "openvino": ["openvino", "dcae_deploy.runtime.runners.openvino"]}
     for name in names.get(backend.split("-")[0], []):
         importlib.import_module(name)
 

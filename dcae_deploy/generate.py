@@ -1,10 +1,11 @@
-"""``python -m dcae_deploy.generate``: text to PNG from an export folder, on torch, ONNX Runtime or TensorRT.
+"""``python -m dcae_deploy.generate``: text to PNG from an export folder, on torch, ONNX Runtime, TensorRT or OpenVINO.
 
 ::
 
     python -m dcae_deploy.generate --prompt "a red circle on a blue background" --output out.png
     python -m dcae_deploy.generate --artifacts export/demo --backend tensorrt --seed 7 --batch 4 --output img.png
     python -m dcae_deploy.generate --backend torch --checkpoint runs/demo/pipeline --output out.png   # no export
+    python -m dcae_deploy.generate --backend openvino --ov-precision bf16 --output out.png   # Intel CPU / GPU / NPU
 
 Without ``--artifacts`` it uses the shipped demo model (exported once into ``~/.cache/dcae_deploy``,
 or ``$DCAE_DEPLOY_CACHE``; with ``--backend tensorrt`` its engines are built there once too). ``--batch N`` writes ``img-0.png`` ... ``img-{N-1}.png`` (seeds seed ... seed+N-1).
@@ -32,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch / ONNX Runtime device")
     p.add_argument("--engine-dir", default=None, help="TensorRT plans (default: the one under ARTIFACTS/engines)")
+    p.add_argument("--ov-device", default=None, help="OpenVINO device: CPU (default), GPU, GPU.N, NPU, AUTO")
+    p.add_argument("--ov-precision", default=None, choices=("f32", "bf16", "f16", "default"),
+                   help="OpenVINO inference precision (default f32; bf16/f16 are faster and coarser; "
+                   "default: OpenVINO's own choice, bf16 on CPUs with bf16)")
     p.add_argument("--checkpoint", default=None, help="torch backend: pipeline folder (default: the manifest's); "
                    "without --artifacts it runs that folder directly, with no export")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
@@ -62,6 +67,14 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.engine_dir is not None and args.backend != "tensorrt":
         raise DcaeDeployError(f"--engine-dir holds TensorRT plans, which --backend {args.backend} does not use: "
                               "add --backend tensorrt, or drop --engine-dir")
+    given = [flag for flag, value in (("--ov-device", args.ov_device), ("--ov-precision", args.ov_precision)) if value]
+    if given and args.backend != "openvino":
+        raise DcaeDeployError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} OpenVINO, which --backend "
+                              f"{args.backend} does not use: add --backend openvino, or drop {' and '.join(given)}")
+    if args.backend == "openvino":  # installed, and the device exists, before the demo's export-on-first-use
+        from dcae_deploy.runtime.runners.openvino import check_device, import_openvino
+
+        check_device(args.ov_device or "CPU", list(import_openvino().Core().available_devices))
     if args.checkpoint is not None and args.backend != "torch":
         raise DcaeDeployError(f"--checkpoint names PyTorch weights, which --backend {args.backend} does not use "
                               "(it runs exported graphs): add --backend torch to run them directly, or export them first "
@@ -83,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.artifacts is None:
         from dcae_deploy.shipped_demo import demo_artifacts
 
+        if args.backend == "tensorrt":  # before the demo's first export: say at once when engines cannot run here
+            from dcae_deploy.shipped_demo import require_engine_gpu
+
+            require_engine_gpu()
+
         artifacts = demo_artifacts()
         if args.variant not in (None, artifacts.variant):
             raise DcaeDeployError(f"the shipped demo is {artifacts.variant!r}, not {args.variant!r}: pass --artifacts")
@@ -94,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = load_artifacts(args.artifacts, variant=args.variant)
     from dcae_deploy.runtime.backends import open_backend
 
-    options = BackendOptions(device=args.device, engine_dir=args.engine_dir, checkpoint=args.checkpoint)
+    options = BackendOptions(device=args.device, engine_dir=args.engine_dir, checkpoint=args.checkpoint,
+                             ov_device=args.ov_device or "CPU", ov_precision=args.ov_precision)
     config = GenerationConfig(
         prompts=tuple(p for p in args.prompt for _ in range(args.batch)),
         negative_prompt=args.negative_prompt,

@@ -24,13 +24,20 @@ class BackendOptions:
     """Backend settings. ``device``: ``auto``/``cpu``/``cuda`` (torch, ONNX Runtime); ``engine_dir``: TensorRT plans
     (default: the one engine folder under ``ARTIFACTS/engines`` that matches the export precision);
     ``trt_flavour``: ``tensorrt``/``tensorrt-rtx`` (default: the sidecar's, else whichever imports);
-    ``checkpoint``: torch weights (default: the manifest's ``checkpoint``); ``threads``: ONNX Runtime CPU threads."""
+    ``checkpoint``: torch weights (default: the manifest's ``checkpoint``); ``threads``: ONNX Runtime and OpenVINO
+    CPU threads. OpenVINO: ``ov_device`` ``CPU``/``GPU``/``GPU.N``/``NPU``/``AUTO``; ``ov_precision`` ``f32`` (the
+    default, except on the NPU), ``bf16``, ``f16`` or ``default`` (OpenVINO's own choice: bf16 on CPUs with bf16);
+    ``ov_cache_dir``: compiled-model cache (default ``$DCAE_DEPLOY_CACHE/openvino-cache`` or
+    ``ARTIFACTS/openvino-cache``; ``""``: no cache)."""
 
     device: str = "auto"
     engine_dir: str | Path | None = None
     trt_flavour: str | None = None
     checkpoint: str | Path | None = None
     threads: int | None = None
+    ov_device: str = "CPU"
+    ov_precision: str | None = None
+    ov_cache_dir: str | Path | None = None
 
 
 class Backend:
@@ -78,12 +85,12 @@ class TorchBackend(Backend):
 
     def models(self):
         if self._models is None:
+            from dcae_deploy.family import config_from_record
             from dcae_deploy.models.pipeline import build_parts, load_parts
-            from dcae_deploy.registry import get_variant
 
             checkpoint = self.options.checkpoint or self.artifacts.manifest.checkpoint
             variant = self.artifacts.variant
-            config = get_variant(variant)
+            config = config_from_record(variant, self.artifacts.manifest.model_config)
             if checkpoint is None:
                 print(f"[runtime] the export of {variant} was made from random weights (checkpoint null): torch "
                       f"rebuilds them with build_parts({variant!r}, seed=0)", file=sys.stderr)
@@ -99,16 +106,12 @@ class TorchBackend(Backend):
 
     def nonfinite_cause(self, component: str) -> str | None:
         """The non-finite weights of the loaded parts, if any (an fp32 model on sound weights gives finite values)."""
-        from dcae_deploy.checkpoints import describe_nonfinite, nonfinite_tensors
+        from dcae_deploy.numerics import nonfinite_cause
 
         if self._models is None:
             return None
-        bad = [f"{role}.{name}" for role in ("text_encoder", "denoiser", "autoencoder")
-               if (module := getattr(self._models, role, None)) is not None
-               for name in nonfinite_tensors(dict(module.state_dict()))]
-        if not bad:
-            return None
-        return f"the checkpoint is corrupt or diverged ({describe_nonfinite(bad)}); use an intact checkpoint"
+        return nonfinite_cause({role: getattr(self._models, role, None)
+                                for role in ("text_encoder", "denoiser", "autoencoder")})
 
     def runner(self, component: str) -> Runner:
         from dcae_deploy.runtime.runners.torch import TorchRunner
@@ -143,9 +146,25 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, artifacts: Artifacts, options: BackendOptions) -> None:
+        """Checks, once and before any stage runs: engines exist, were built from this export's graphs (no GPU
+        needed to tell), and this machine has a GPU they can run on."""
+        from dcae_deploy.tensorrt_support import GpuUnavailable, gpu_problem, no_gpu_message, require_gpu
+
         super().__init__(artifacts, options)
-        self.engine_dir = find_engine_dir(artifacts, options.engine_dir)
+        try:
+            self.engine_dir = find_engine_dir(artifacts, options.engine_dir)
+        except BackendError as exc:
+            problem = gpu_problem(options.trt_flavour)
+            if problem is not None:  # building them would not let them run here
+                raise BackendError(f"{no_gpu_message(options.trt_flavour, problem)}. (Also: {exc})") from exc
+            raise
         self.flavour = options.trt_flavour or _sidecar_flavour(self.engine_dir)
+        for component in (c for c in artifacts.manifest.components if self.has(c)):
+            self.runner(component).check_plan()  # a stale plan: refused now, not after earlier stages ran
+        try:
+            require_gpu(self.flavour)
+        except GpuUnavailable as exc:
+            raise BackendError(str(exc)) from exc
 
     def plan(self, component: str) -> Path:
         return self.engine_dir / f"{component}{PLAN_SUFFIX}"
@@ -153,10 +172,49 @@ class TensorRTBackend(Backend):
     def runner(self, component: str) -> Runner:
         from dcae_deploy.runtime.runners.tensorrt import TensorRTRunner
 
-        return TensorRTRunner(self.artifacts.component(component), self.plan(component), self.flavour)
+        return TensorRTRunner(self.artifacts.component(component), self.plan(component), self.flavour,
+                              export_dir=self.artifacts.folder)
 
     def has(self, component: str) -> bool:
         return super().has(component) and self.plan(component).is_file()
+
+
+@register_backend
+class OpenVINOBackend(Backend):
+    """OpenVINO on the export's ONNX graphs (``runners/openvino.py``): device, precision and cache from the options,
+    all checked here, before anything is compiled."""
+
+    name = "openvino"
+
+    def __init__(self, artifacts: Artifacts, options: BackendOptions) -> None:
+        from dcae_deploy.runtime.runners.openvino import (
+            check_device,
+            default_cache_root,
+            import_openvino,
+            normalise_precision,
+        )
+
+        super().__init__(artifacts, options)
+        self.precision = normalise_precision(options.ov_precision)
+        self.device = check_device(options.ov_device, list(import_openvino().Core().available_devices))
+        cache = options.ov_cache_dir
+        self.cache_root = default_cache_root(artifacts.folder) if cache is None else (Path(cache) if cache else None)
+
+    def runner(self, component: str) -> Runner:
+        from dcae_deploy.runtime.runners.openvino import OpenVINORunner, cache_folder
+
+        a = self.artifacts
+        comp = a.component(component)
+        cache = cache_folder(self.cache_root, comp) if self.cache_root is not None else None
+        return OpenVINORunner(comp, a.graph_path(component), device=self.device, precision=self.precision,
+                              threads=self.options.threads, cache_dir=cache)
+
+    def nonfinite_cause(self, component: str) -> str | None:
+        precision = self.precision or ("default" if self.device.startswith("NPU") else "f32")
+        if precision != "f32":
+            return (f"OpenVINO computed in reduced precision (--ov-precision {precision}): rerun with "
+                    "--ov-precision f32, or compare backends with `python -m dcae_deploy.parity`")
+        return None
 
 
 def open_backend(name: str, artifacts: Artifacts, options: BackendOptions | None = None) -> Backend:
