@@ -33,7 +33,7 @@ def _variants(args: argparse.Namespace) -> None:
     for kind in ("pipeline", "denoiser", "text_encoder"):
         for name in list_variants(kind, include_tiny=args.all):
             cfg = get_variant(name)
-            parts = (f" [{cfg.autoencoder} + {cfg.denoiser} + {cfg.text_encoder}]" if kind == "pipeline" else "")
+            parts = (" [" + " + ".join(p.name for p in cfg.parts().values()) + "]" if kind == "pipeline" else "")
             print(f"{name:<20} {kind:<13} {cfg.description}{parts}")
 
 

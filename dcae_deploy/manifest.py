@@ -11,13 +11,15 @@ defaults), one typed entry per part, each contributed by its model family (:mod:
 
     {"variant": "demo", "conditioning": "text",
      "autoencoder": {"scaling_factor", "spatial_compression_ratio", "latent_channels"},
-     "denoiser": {"timestep_scale", "in_channels", "caption_channels"},
+     "denoiser": {"timestep_scale", "in_channels", "caption_channels"},  (class conditioning: no caption_channels;
+                 "timestep_convention", "prediction", "num_classes", "null_class", "latent_size" instead)
      "text_encoder": {"family", "max_length", "hidden_size", "tokenizer": "tokenizer/vocab.json",
                       "input_tokens": [min, max], "complex_human_instruction": bool},
      "defaults": {"height", "width", "steps", "guidance_scale", "flow_shift", "sampler"}}
 
 ``conditioning`` says what the denoiser is conditioned on: ``"text"`` (caption embeddings from the text
-encoder); a class-conditional pipeline would say ``"class"`` and have no ``text_encoder`` entry.
+encoder) or ``"class"`` (ImageNet class labels: DC-AE-Diffusion UViT / USiT / DiT); a class-conditional pipeline
+has no ``text_encoder`` entry, and its ``defaults.sampler`` names one of the class samplers.
 
 Version history: 1 had no ``conditioning`` (read as ``"text"``); 2 adds it.
 """
@@ -88,11 +90,19 @@ class AutoencoderFacts:
 
 @dataclass(frozen=True)
 class DenoiserFacts:
-    """What the runtime needs of the denoiser: the timestep input's scale, latent and caption widths."""
+    """What the runtime needs of the denoiser: the timestep input's scale, latent and caption widths; for a
+    class-conditional denoiser (``conditioning == "class"``, :mod:`dcae_deploy.models.uvit_family`) also what its
+    timestep means, what it predicts, its classes and the fixed latent side. A field left at its None default is
+    not written (:meth:`PipelineSection.to_dict`), so text pipelines' manifests keep their version-2 form."""
 
     timestep_scale: float
     in_channels: int
     caption_channels: int | None = None  # text conditioning only
+    timestep_convention: str | None = None  # "uvit-dpm" | "sit" | "adm"; None: flow sigma * 1000 * timestep_scale
+    prediction: str | None = None  # "eps" | "velocity" | "eps+variance"; None: velocity (flow matching)
+    num_classes: int | None = None  # class labels 0 .. num_classes - 1
+    null_class: int | None = None  # the label of classifier-free guidance's unconditional branch
+    latent_size: int | None = None  # the only latent side the graph takes (learned / fixed position embedding)
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,7 @@ class PipelineSection:
         for key in PART_FACTS:
             facts = getattr(self, key)
             if facts is not None:
-                data[key] = _jsonable(dataclasses.asdict(facts))
+                data[key] = _jsonable(_set_fields(facts))
         data["defaults"] = dataclasses.asdict(self.defaults)
         return data
 
@@ -156,6 +166,12 @@ def _facts_from_dict(cls, data: dict[str, Any]):
     if "input_tokens" in values:
         values["input_tokens"] = tuple(values["input_tokens"])
     return cls(**values)
+
+
+def _set_fields(facts: Any) -> dict[str, Any]:
+    """The fields of a facts dataclass, without those left at a default of None (reading fills them in again)."""
+    return {f.name: getattr(facts, f.name) for f in dataclasses.fields(facts)
+            if not (f.default is None and getattr(facts, f.name) is None)}
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,8 @@ encoder       image (batch, 3, height, width) [P]                               
 decoder       latent (batch, C, latent_height, latent_width) [P]                     image [P]
 denoiser      latent [P], timestep (batch,) float32, encoder_hidden_states            velocity (like latent) [P]
               (batch, T, caption_channels) [P], encoder_attention_mask (batch, T) int64
+denoiser      latent [P] (static side: the config's input_size), timestep (batch,)   prediction (batch, C or
+(class)       float32, class_labels (batch,) int64: UViT / USiT / DiT                2C, side, side) [P]
 text_encoder  input_ids (batch, tokens) int64, attention_mask (batch, tokens) int64  text_embeddings
                                                                                      (batch, T, hidden) [P]
 decoder_      latent [P] (``decoder_global``) / features (batch, F, feature_height,   features [P] / image [P]

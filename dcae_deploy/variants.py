@@ -16,18 +16,24 @@ import dataclasses
 
 from dcae_deploy.models.autoencoder_family import AutoencoderConfig, DecoderConfig, EncoderConfig
 from dcae_deploy.manifest import SamplerDefaults
+from dcae_deploy.models.class_pipeline_config import ClassPipelineConfig
 from dcae_deploy.models.denoiser_family import DenoiserConfig
+from dcae_deploy.models.dit_family import DiTConfig
 from dcae_deploy.models.pipeline_config import PipelineConfig
 from dcae_deploy.models.text_encoder_family import TextEncoderConfig
+from dcae_deploy.models.uvit_family import UViTConfig
 from dcae_deploy.registry import get_variant, list_variants, register
 
 __all__ = [
     "AutoencoderConfig",
+    "ClassPipelineConfig",
     "DecoderConfig",
     "DenoiserConfig",
+    "DiTConfig",
     "EncoderConfig",
     "PipelineConfig",
     "TextEncoderConfig",
+    "UViTConfig",
     "get_variant",
     "list_variants",
     "register",
@@ -418,3 +424,75 @@ register(
         description="SANA 1.6B text-to-image (Sana_1600M_1024px): DC-AE f32c32-sana + SANA-1600M + Gemma-2-2B-IT",
     )
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# DC-AE-Diffusion: class-conditional ImageNet 512px UViT / USiT / DiT (values: efficientvit diffusion_model_zoo.py
+# and its builders; patch size 1, input_size = 512 / the DC-AE's compression). Parameter counts (meta device) equal
+# the release's: UViT-S 44.79 M, UViT-H 500.87 M, UViT-2B 1580.40 M, DiT-XL 674.89 M.
+# ---------------------------------------------------------------------------------------------
+
+_UVIT_SIZES = {"s": (512, 12, 8), "h": (1152, 28, 16), "2b": (2048, 28, 32)}  # hidden, depth, heads
+_C2I_AUTOENCODERS = {"f32c32": ("f32c32-in", 32, 32), "f64c128": ("f64c128-in", 128, 64)}  # AE, channels, ratio
+
+
+def _uvit(name: str, size: str, latent: str, convention: str, description: str) -> UViTConfig:
+    hidden, depth, heads = _UVIT_SIZES[size]
+    _, channels, ratio = _C2I_AUTOENCODERS[latent]
+    return UViTConfig(name, input_size=512 // ratio, patch_size=1, in_channels=channels, hidden_size=hidden,
+                      depth=depth, num_heads=heads, timestep_convention=convention, spatial_compression_ratio=ratio,
+                      description=description)
+
+
+for _size, _latent in (("s", "f32c32"), ("h", "f32c32"), ("2b", "f32c32"), ("h", "f64c128"), ("2b", "f64c128")):
+    register(_uvit(f"uvit-{_size}-{_latent}", _size, _latent, "uvit-dpm",
+                   f"UViT-{_size.upper()} on DC-AE {_latent}-in latents (eps prediction, DPM-Solver++ time t*1000)"))
+for _size in ("h", "2b"):
+    register(_uvit(f"usit-{_size}-f32c32", _size, "f32c32", "sit",
+                   f"USiT-{_size.upper()}: UViT-{_size.upper()} trained with the SiT objective on DC-AE f32c32-in "
+                   "latents (velocity prediction, t in [0, 1])"))
+register(DiTConfig("dit-xl-f32c32", input_size=16, patch_size=1, in_channels=32, hidden_size=1152, depth=28,
+                   num_heads=16, description="DiT-XL on DC-AE f32c32-in latents (eps + learned variance, ADM steps)"))
+register(UViTConfig("tiny-uvit", input_size=4, patch_size=1, in_channels=32, hidden_size=64, depth=2, num_heads=2,
+                    description="narrow UViT for tests (tiny-f32c32-in latents, 128 px)"))
+register(DiTConfig("tiny-dit", input_size=4, patch_size=1, in_channels=32, hidden_size=64, depth=2, num_heads=2,
+                   description="narrow DiT for tests (tiny-f32c32-in latents, 128 px)"))
+
+# Sampling defaults: the reference's eval samplers; guidance as the release's evaluation commands
+# (applications/dc_ae/README.md): 1.3 for DiT-XL, 1.5 for the UViTs, 1.2 USiT-H and 1.15 USiT-2B (their FID 1.88 /
+# 1.72 runs); the demo script's 6.0 is for pictures, not FID.
+_UVIT_SAMPLING = SamplerDefaults(height=512, width=512, steps=30, guidance_scale=1.5, flow_shift=1.0,
+                                 sampler="dpm-solver++-uvit")
+_DIT_SAMPLING = SamplerDefaults(height=512, width=512, steps=250, guidance_scale=1.3, flow_shift=1.0, sampler="adm")
+_USIT_SAMPLING = SamplerDefaults(height=512, width=512, steps=250, guidance_scale=1.2, flow_shift=1.0,
+                                 sampler="sit-dopri5")  # steps: dopri5's output grid (its own steps are adaptive)
+# name -> (denoiser, sampling, published FID without / with guidance)
+_C2I = {
+    "dc-ae-f32c32-in-1.0-dit-xl-in-512px": ("dit-xl-f32c32", _DIT_SAMPLING, "9.56 / 2.84"),
+    "dc-ae-f32c32-in-1.0-dit-xl-in-512px-trainbs1024": ("dit-xl-f32c32", _DIT_SAMPLING, "6.88 / 2.41"),
+    "dc-ae-f32c32-in-1.0-uvit-s-in-512px": ("uvit-s-f32c32", _UVIT_SAMPLING, "46.12 / 18.08"),
+    "dc-ae-f32c32-in-1.0-uvit-h-in-512px": ("uvit-h-f32c32", _UVIT_SAMPLING, "9.83 / 2.53"),
+    "dc-ae-f32c32-in-1.0-uvit-2b-in-512px": ("uvit-2b-f32c32", _UVIT_SAMPLING, "8.13 / 2.30"),
+    "dc-ae-f32c32-in-1.0-usit-h-in-512px": ("usit-h-f32c32", _USIT_SAMPLING, "3.80 / 1.89"),
+    "dc-ae-f32c32-in-1.0-usit-2b-in-512px": (
+        "usit-2b-f32c32", dataclasses.replace(_USIT_SAMPLING, guidance_scale=1.15), "2.90 / 1.72"),
+    "dc-ae-f64c128-in-1.0-uvit-h-in-512px": ("uvit-h-f64c128", _UVIT_SAMPLING, "13.96 / 3.01"),
+    "dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k": ("uvit-h-f64c128", _UVIT_SAMPLING, "12.26 / 2.66"),
+    "dc-ae-f64c128-in-1.0-uvit-2b-in-512px": ("uvit-2b-f64c128", _UVIT_SAMPLING, "7.78 / 2.47"),
+    "dc-ae-f64c128-in-1.0-uvit-2b-in-512px-train2000k": ("uvit-2b-f64c128", _UVIT_SAMPLING, "6.50 / 2.25"),
+}
+for _name, (_denoiser, _sampling, _fid) in _C2I.items():
+    _ae = _C2I_AUTOENCODERS[_name.split("-")[2]][0]
+    register(ClassPipelineConfig(_name, autoencoder=_ae, denoiser=_denoiser, sampling=_sampling,
+                                 description=f"DC-AE-Diffusion, ImageNet 512px class-conditional (published FID {_fid} "
+                                 "without / with guidance)"))
+register(ClassPipelineConfig(
+    "tiny-uvit-c2i", autoencoder="tiny-f32c32-in", denoiser="tiny-uvit",
+    sampling=dataclasses.replace(_UVIT_SAMPLING, height=128, width=128, steps=4),
+    description="tiny class-conditional pipeline for tests (UViT, 128 px)",
+))
+register(ClassPipelineConfig(
+    "tiny-dit-c2i", autoencoder="tiny-f32c32-in", denoiser="tiny-dit",
+    sampling=dataclasses.replace(_DIT_SAMPLING, height=128, width=128, steps=4),
+    description="tiny class-conditional pipeline for tests (DiT, 128 px)",
+))

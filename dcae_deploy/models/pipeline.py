@@ -1,4 +1,5 @@
-"""A text-to-image model as one object: autoencoder + denoiser + text encoder + tokenizer.
+"""A text-to-image model as one object: autoencoder + denoiser + text encoder + tokenizer (a class-conditional
+model: autoencoder + denoiser; its DC-AE-Diffusion hub folder is read by its config's ``loader``).
 
 On disk a pipeline is a folder in the ``diffusers.SanaPipeline`` layout, plus our ``pipeline.json``::
 
@@ -23,7 +24,7 @@ from torch import nn
 
 from dcae_deploy.checkpoints import write_json
 from dcae_deploy.errors import CheckpointError
-from dcae_deploy.family import family_of, is_composite
+from dcae_deploy.family import family_of, is_composite, resolve
 from dcae_deploy.models.pipeline_config import PipelineConfig
 from dcae_deploy.registry import get_variant
 
@@ -66,7 +67,8 @@ def build_pipeline(variant: str | PipelineConfig, seed: int = 0, parts=None) -> 
     subset (``parts``) has the same weights as in the full build.
     """
     config = get_variant(variant, kind="pipeline") if isinstance(variant, str) else variant
-    wanted, configs = _check_parts(parts), config.parts()
+    configs = config.parts()
+    wanted = [p for p in _check_parts(parts) if p in configs]  # a class-conditional pipeline has no text encoder
     built = {}
     for offset, part in enumerate(PARTS):
         if part in wanted:
@@ -84,7 +86,12 @@ def load_pipeline(folder: str | Path, variant: str | None = None, parts=None) ->
     """
     folder = Path(folder)
     config = _pipeline_config(folder, variant)
-    wanted, configs = _check_parts(parts), config.parts()
+    configs = config.parts()
+    wanted = [p for p in _check_parts(parts) if p in configs]
+    loader = getattr(config, "loader", None)  # the pipeline's own checkpoint layout (a DC-AE-Diffusion hub folder)
+    if loader is not None and not (folder / PIPELINE_FILE).is_file():
+        loaded = {p: m.float().eval() for p, m in resolve(loader)(folder, config, wanted).items()}
+        return PipelineModels(config=config, tokenizer=None, **_by_role(loaded))
     subfolders = [SUBFOLDERS[p] for p in wanted] + (["tokenizer"] if "text_encoder" in wanted else [])
     for sub in subfolders:
         if not (folder / sub).exists():
@@ -101,8 +108,10 @@ def save_pipeline(models: PipelineModels, folder: str | Path) -> Path:
     folder = Path(folder)
     for role in PARTS:
         module = getattr(models, role)
-        family_of(module.config).save_module(module, folder / SUBFOLDERS[role])
-    models.tokenizer.save(folder / "tokenizer")
+        if module is not None:  # a class-conditional pipeline has no text encoder (and no tokenizer)
+            family_of(module.config).save_module(module, folder / SUBFOLDERS[role])
+    if models.tokenizer is not None:
+        models.tokenizer.save(folder / "tokenizer")
     write_json(folder / PIPELINE_FILE, {"variant": models.config.name})
     return folder
 
