@@ -1,4 +1,5 @@
-"""``python -m dcae_deploy.generate``: text to PNG from an export folder, on torch, ONNX Runtime, TensorRT or OpenVINO.
+"""``python -m dcae_deploy.generate``: text (or ImageNet class labels) to PNG from an export folder, on torch, ONNX
+Runtime, TensorRT or OpenVINO.
 
 ::
 
@@ -6,6 +7,8 @@
     python -m dcae_deploy.generate --artifacts export/demo --backend tensorrt --seed 7 --batch 4 --output img.png
     python -m dcae_deploy.generate --backend torch --checkpoint runs/demo/pipeline --output out.png   # no export
     python -m dcae_deploy.generate --backend openvino --ov-precision bf16 --output out.png   # Intel CPU / GPU / NPU
+    python -m dcae_deploy.generate --artifacts export/uvit-h --class-labels 279,333,979,936 --guidance 6.0 --grid \
+        --output grid.png                                  # a class-conditional DC-AE-Diffusion export
 
 Without ``--artifacts`` it uses the shipped demo model (exported once into ``~/.cache/dcae_deploy``,
 or ``$DCAE_DEPLOY_CACHE``; with ``--backend tensorrt`` its engines are built there once too). ``--batch N`` writes ``img-0.png`` ... ``img-{N-1}.png`` (seeds seed ... seed+N-1).
@@ -22,11 +25,15 @@ from dcae_deploy.errors import DcaeDeployError
 
 def build_parser() -> argparse.ArgumentParser:
     from dcae_deploy.runtime.backends import BACKENDS
+    from dcae_deploy.diffusion_samplers import CLASS_SAMPLERS
     from dcae_deploy.runtime.schedulers import SAMPLERS
 
     p = argparse.ArgumentParser(prog="python -m dcae_deploy.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompt", required=True, action="append", help="what to draw (repeat for several images)")
+    p.add_argument("--prompt", action="append", help="text-to-image: what to draw (repeat for several images)")
+    p.add_argument("--class-labels", default=None, metavar="279,333,...",
+                   help="class-conditional exports (DC-AE-Diffusion UViT / USiT / DiT): ImageNet class ids, one image each")
+    p.add_argument("--grid", action="store_true", help="write all images as one grid PNG (rows of 8) at --output")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (default: the empty prompt)")
     p.add_argument("--artifacts", default=None, help="export folder (manifest.json); default: the shipped demo")
     p.add_argument("--variant", default=None, help="refuse an export of another pipeline variant")
@@ -41,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "without --artifacts it runs that folder directly, with no export")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
-    p.add_argument("--sampler", default=None, choices=list(SAMPLERS))
+    p.add_argument("--sampler", default=None, choices=[*SAMPLERS, *CLASS_SAMPLERS],
+                   help="default: the model's (text: dpm-solver++ / euler; class-conditional: its reference sampler, "
+                   "e.g. dpm-solver++-uvit, adm, ddim, sit-dopri5, sit-heun, sit-euler)")
     p.add_argument("--seed", type=int, default=0, help="initial-noise seed; image i of a batch uses seed + i")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
@@ -58,6 +67,19 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad or ignored arguments before anything is loaded or computed."""
     from dcae_deploy.runtime.schedulers import guidance_note
 
+    if args.prompt and args.class_labels:
+        raise DcaeDeployError("--prompt (text-to-image) and --class-labels (class-conditional) exclude each other")
+    if not args.prompt and not args.class_labels:
+        raise DcaeDeployError("say what to draw: --prompt 'a red circle on a blue background' (text-to-image), or "
+                              "--class-labels 279,333 (a class-conditional export)")
+    if args.class_labels is not None:
+        try:
+            args.labels = tuple(int(v) for v in args.class_labels.split(",") if v.strip())
+        except ValueError as exc:
+            raise DcaeDeployError(f"--class-labels {args.class_labels!r} must be comma-separated integers, "
+                                  "e.g. 279,333,979") from exc
+        if not args.labels:
+            raise DcaeDeployError("--class-labels is empty: give ImageNet class ids, e.g. 279,333")
     if args.batch < 1:
         raise DcaeDeployError(f"--batch must be at least 1, got {args.batch}")
     if args.steps is not None and args.steps < 1:
@@ -80,14 +102,14 @@ def check_arguments(args: argparse.Namespace) -> None:
                               "(it runs exported graphs): add --backend torch to run them directly, or export them first "
                               "(python -m dcae_deploy.export) and pass --artifacts")
     note = guidance_note(args.guidance)  # refuses nan, inf and negative scales
-    if note:
+    if note and not args.class_labels:  # class-conditional samplers guide at any scale but 1, as their reference
         print(f"[generate] {note}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dcae_deploy.runtime import BackendOptions, GenerationConfig, TextToImage, load_artifacts
-    from dcae_deploy.runtime.image import output_paths, save_png
+    from dcae_deploy.runtime.image import image_grid, output_paths, save_png
 
     check_arguments(args)
     eager = args.checkpoint is not None and args.artifacts is None  # PyTorch weights, no export
@@ -115,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     options = BackendOptions(device=args.device, engine_dir=args.engine_dir, checkpoint=args.checkpoint,
                              ov_device=args.ov_device or "CPU", ov_precision=args.ov_precision)
     config = GenerationConfig(
-        prompts=tuple(p for p in args.prompt for _ in range(args.batch)),
+        prompts=tuple(p for p in args.prompt or () for _ in range(args.batch)),
+        class_labels=tuple(y for y in getattr(args, "labels", ()) for _ in range(args.batch)),
         negative_prompt=args.negative_prompt,
         seed=args.seed,
         steps=args.steps,
@@ -134,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         t2i = TextToImage(artifacts, open_backend(args.backend, artifacts, options), **settings)
     with t2i:
         result = t2i.generate(config)
+    if args.grid:
+        print(save_png(image_grid(result.images), args.output))
+        return 0
     for image, path in zip(result.images, output_paths(args.output, len(result.images))):
         save_png(image, path)
         print(path)

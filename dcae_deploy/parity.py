@@ -76,10 +76,11 @@ def run_backend(artifacts, backend: str, generation, options=None):
 
 
 def compare_stages(stages: dict, reference: dict, precision: str, runner: str) -> list[ParityRecord]:
+    """One record per stage both runs have (a class-conditional pipeline has no ``text_embeddings``)."""
     return [
         compare(stage, stage, np.asarray(stages[stage], np.float32), np.asarray(reference[stage], np.float32),
                 precision, is_image=stage == "image", runner=runner)
-        for stage in PARITY_STAGES
+        for stage in PARITY_STAGES if stage in stages and stage in reference
     ]
 
 
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifacts", help="export folder of a text-to-image pipeline")
     p.add_argument("--backends", default="torch,onnxruntime", help="comma-separated; torch fp32 is the reference")
-    p.add_argument("--prompt", default="a red circle on a blue background")
+    p.add_argument("--prompt", default="a red circle on a blue background", help="text-to-image exports")
+    p.add_argument("--class-labels", default="279", help="class-conditional exports: comma-separated ImageNet ids")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None)
@@ -171,8 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         raise DcaeDeployError("--engine-dir holds TensorRT plans, but --backends has no tensorrt: add it, or drop --engine-dir")
     artifacts = load_artifacts(args.artifacts)
     options = BackendOptions(device=args.device, engine_dir=args.engine_dir, checkpoint=args.checkpoint)
-    generation = GenerationConfig(prompts=(args.prompt,), negative_prompt=args.negative_prompt, seed=args.seed,
-                                  steps=args.steps, height=args.height, width=args.width)
+    if artifacts.pipeline is not None and artifacts.pipeline.conditioning == "class":
+        try:
+            labels = tuple(int(v) for v in args.class_labels.split(",") if v.strip())
+        except ValueError as exc:
+            raise DcaeDeployError(f"--class-labels {args.class_labels!r} must be comma-separated integers") from exc
+        request = dict(class_labels=labels)
+    else:
+        request = dict(prompts=(args.prompt,), negative_prompt=args.negative_prompt)
+    generation = GenerationConfig(**request, seed=args.seed, steps=args.steps, height=args.height, width=args.width)
     reference = run_backend(artifacts, "torch", generation, options).stages
     rows = []
     for backend in (b for b in backends if b != "torch"):

@@ -21,7 +21,7 @@ from dcae_deploy.manifest import (
 from dcae_deploy.runtime.errors import ArtifactsError
 
 #: conditioning -> the components a generation needs (the conditioning adapters are in runtime/generation.py)
-REQUIRED_COMPONENTS = {"text": ("text_encoder", "denoiser", "decoder")}
+REQUIRED_COMPONENTS = {"text": ("text_encoder", "denoiser", "decoder"), "class": ("denoiser", "decoder")}
 EXPORT_HINT = "export one with `python -m dcae_deploy.export --model demo --checkpoint PIPELINE_FOLDER --output DIR`"
 
 

@@ -50,15 +50,17 @@ def initial_noise(seed: int, count: int, shape: tuple[int, int, int]) -> np.ndar
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """One request. ``None`` fields take the manifest's defaults (``pipeline.defaults``).
+    """One request. ``None`` fields take the manifest's defaults (``pipeline.defaults``). A text-to-image export
+    takes ``prompts`` (one image per prompt), a class-conditional one ``class_labels`` (one image per label).
 
     ``tile_size`` (pixels, a multiple of the compression ratio) decodes in tiles of that side, to bound
     decoder memory; images larger than the decoder profile are tiled at the profile's largest side anyway.
     ``tile_overlap`` defaults to a quarter tile.
     """
 
-    prompts: tuple[str, ...]
+    prompts: tuple[str, ...] = ()
     negative_prompt: str = ""
+    class_labels: tuple[int, ...] = ()  # class-conditional pipelines: one image per label
     seed: int = 0
     steps: int | None = None
     guidance_scale: float | None = None
@@ -97,10 +99,12 @@ def check_prompts(prompts: Sequence[str]) -> tuple[str, ...]:
 @dataclass
 class Conditioning:
     """The denoiser's conditioning inputs for a request: ``feeds`` (input name -> rows, ``[negative * n,
-    positive * n]`` when guided, else ``n`` rows) and the stage outputs worth keeping for parity checks."""
+    positive * n]`` when guided and ``paired``, else ``n`` rows) and the stage outputs worth keeping for parity
+    checks."""
 
     feeds: dict[str, np.ndarray]
     stages: dict[str, np.ndarray]
+    paired: bool = True  # guided rows come as [negative * n, positive * n] (False: the sampler adds its own)
 
 
 class TextConditioning:
@@ -117,7 +121,48 @@ class TextConditioning:
         self._tokenizer = tokenizer  # None: read the export's tokenizer files on first use
 
     def check(self, config: GenerationConfig) -> GenerationConfig:
+        if config.class_labels:
+            raise DcaeDeployError(f"{self.generator.artifacts.variant} is a text-to-image model: pass prompts "
+                                  "(--prompt), not class labels")
         return replace(config, prompts=check_prompts(config.prompts))
+
+    def count(self, config: GenerationConfig) -> int:
+        return len(config.prompts)
+
+    def steps(self, config: GenerationConfig, defaults) -> int:
+        return defaults.steps if config.steps is None else config.steps
+
+    def sampler(self, config: GenerationConfig) -> SamplerConfig:
+        return SamplerConfig(config.sampler, config.steps, self.generator.artifacts.pipeline.defaults.flow_shift,
+                             config.guidance_scale)
+
+    def guided(self, config: GenerationConfig) -> bool:
+        return self.sampler(config).uses_guidance
+
+    def progress_total(self, config: GenerationConfig, chunks: int) -> int | None:
+        return config.steps * chunks
+
+    def denoise(self, runner: Runner, noise: np.ndarray, feeds: dict[str, np.ndarray], config: GenerationConfig,
+                bar: ProgressBar) -> tuple[np.ndarray, np.ndarray]:
+        """Flow-matching sampling of ``noise`` rows with ``feeds`` (``[negative, positive]`` rows when guided): the
+        final latent and the denoiser's raw output at the first step."""
+        g = self.generator
+        sampler = self.sampler(config)
+        scale = g.artifacts.pipeline.denoiser.timestep_scale
+        n2 = len(next(iter(feeds.values())))
+        states = runner.prepare({"latent": noise, "timestep": np.zeros(n2, np.float32), **feeds})
+        first: list[np.ndarray] = []
+
+        def velocity(x, t):
+            v = np.asarray(runner.infer(dict(states, latent=x, timestep=np.full(len(x), t * scale, np.float32)))
+                           ["velocity"], dtype=np.float32)
+            g._check("denoiser", v)
+            if not first:
+                first.append(v)
+            return v
+
+        latent = sample(velocity, noise, sampler, callback=lambda i, v: bar.update())
+        return latent, first[0]
 
     def tokenizer(self):
         """The export's torch-free tokenizer: a word vocabulary, or Gemma-2's (the ``tokenizers`` package)."""
@@ -163,8 +208,16 @@ class TextConditioning:
         return Conditioning({"encoder_hidden_states": emb, "encoder_attention_mask": mask}, {"text_embeddings": emb})
 
 
-#: manifest ``pipeline.conditioning`` -> its adapter
-CONDITIONINGS = {"text": TextConditioning}
+#: manifest ``pipeline.conditioning`` -> its adapter (``class``: :mod:`dcae_deploy.runtime.class_conditioning`)
+CONDITIONINGS: dict[str, type] = {"text": TextConditioning}
+
+
+def register_conditioning(name: str):
+    """Class decorator: add a conditioning adapter to :data:`CONDITIONINGS` under ``name``."""
+    def add(cls: type) -> type:
+        CONDITIONINGS[name] = cls
+        return cls
+    return add
 
 
 class TextToImage:
@@ -218,13 +271,13 @@ class TextToImage:
         """Fill defaults from the manifest and check the request against the export's profiles."""
         d = self.artifacts.pipeline.defaults
         config = replace(
-            self.conditioning.check(config),
-            steps=d.steps if config.steps is None else config.steps,
+            config,
             guidance_scale=d.guidance_scale if config.guidance_scale is None else config.guidance_scale,
             height=d.height if config.height is None else config.height,
             width=d.width if config.width is None else config.width,
             sampler=d.sampler if config.sampler is None else config.sampler,
         )
+        config = self.conditioning.check(replace(config, steps=self.conditioning.steps(config, d)))
         if config.seed < 0:
             raise DcaeDeployError(f"--seed must be a non-negative integer, got {config.seed}")
         ratio = self.artifacts.pipeline.autoencoder.spatial_compression_ratio
@@ -277,38 +330,26 @@ class TextToImage:
         timings = Timings()
         pipe = self.artifacts.pipeline
         ratio = pipe.autoencoder.spatial_compression_ratio
-        sampler = SamplerConfig(config.sampler, config.steps, pipe.defaults.flow_shift, config.guidance_scale)
-        n = len(config.prompts)
-
-        guided = sampler.uses_guidance
+        n = self.conditioning.count(config)
+        guided = self.conditioning.guided(config)
         with timings.stage(self.conditioning.components[0]):
             condition = self.conditioning.encode(config, guided)
 
         h, w = config.height // ratio, config.width // ratio
         noise = initial_noise(config.seed, n, (pipe.autoencoder.latent_channels, h, w))
         per_call = max(1, self.artifacts.max_batch("denoiser") // (2 if guided else 1))
-        bar = ProgressBar(config.steps * -(-n // per_call), "denoise", enabled=self.progress)
+        bar = ProgressBar(self.conditioning.progress_total(config, -(-n // per_call)), "denoise", enabled=self.progress)
         latents, first_steps = [], []
         with timings.stage("denoiser"):
             runner = self._runner("denoiser")
             for s in range(0, n, per_call):
                 rows = list(range(s, min(s + per_call, n)))
-                rows2 = rows + [n + r for r in rows] if guided else rows
-                states = runner.prepare({"latent": noise[rows], "timestep": np.zeros(len(rows2), np.float32),
-                                         **{k: v[rows2] for k, v in condition.feeds.items()}})
-                first: list[np.ndarray] = []
-
-                def velocity(x, t, states=states, first=first):
-                    feeds = dict(states, latent=x,
-                                 timestep=np.full(len(x), t * pipe.denoiser.timestep_scale, np.float32))
-                    v = np.asarray(runner.infer(feeds)["velocity"], dtype=np.float32)
-                    self._check("denoiser", v)
-                    if not first:
-                        first.append(v)
-                    return v
-
-                latents.append(sample(velocity, noise[rows], sampler, callback=lambda i, v: bar.update()))
-                first_steps.append(first[0])
+                rows2 = rows + [n + r for r in rows] if guided and condition.paired else rows
+                latent, first = self.conditioning.denoise(runner, noise[rows], {k: v[rows2] for k, v in
+                                                                                 condition.feeds.items()}, config, bar)
+                latents.append(latent)
+                first_steps.append(first)
+            bar.finish()
             self._release("denoiser")
         latent = np.concatenate(latents)
 
@@ -377,3 +418,6 @@ def generate(folder: str | Path, config: GenerationConfig, backend: str = "onnxr
     """One-shot: open ``folder`` on ``backend``, generate, close."""
     with TextToImage.open(folder, backend, **kwargs) as t2i:
         return t2i.generate(config)
+
+
+from dcae_deploy.runtime import class_conditioning  # noqa: E402,F401  (registers the "class" adapter)

@@ -36,3 +36,16 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     except OSError as exc:
         raise DcaeDeployError(f"cannot write {path} ({exc.strerror or exc}); choose another --output") from exc
     return path
+
+
+def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> one (rows * H, min(B, columns) * W, 3) image, row by row (black where a row ends early)."""
+    images = np.asarray(images)
+    count, height, width = images.shape[:3]
+    columns = max(1, min(columns, count))
+    rows = -(-count // columns)
+    grid = np.zeros((rows * height, columns * width, images.shape[3]), dtype=images.dtype)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = image
+    return grid
