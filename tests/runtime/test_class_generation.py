@@ -102,3 +102,20 @@ def test_class_generation_on_onnxruntime_imports_no_torch(exports, tmp_path):
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_tensorrt_rtx_engines_build_with_profiles_that_cover_guided_batches(exports, tmp_path):
+    """TensorRT-RTX builds ahead of time without a GPU: the denoiser's profile reaches 2 x --max-batch (CFG)."""
+    pytest.importorskip("tensorrt_rtx", reason="needs TensorRT-RTX (the test extra installs it on Linux/Windows)")
+    import shutil
+
+    from dcae_deploy.engines.build import build_engines
+    from dcae_deploy.tensorrt_support import read_sidecar
+
+    folder = tmp_path / "export"
+    shutil.copytree(exports["tiny-dit-c2i"], folder)
+    build_engines(folder, backend="tensorrt-rtx")
+    (engine_dir,) = (folder / "engines").iterdir()
+    info = read_sidecar(engine_dir / "denoiser.json")
+    assert {name: p.max[0] for name, p in info.profiles.items()} == {"latent": 4, "timestep": 4, "class_labels": 4}
+    assert (engine_dir / "denoiser.plan").stat().st_size == info.plan_bytes
