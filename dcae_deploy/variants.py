@@ -455,6 +455,8 @@ register(DiTConfig("dit-xl-f32c32", input_size=16, patch_size=1, in_channels=32,
                    num_heads=16, description="DiT-XL on DC-AE f32c32-in latents (eps + learned variance, ADM steps)"))
 register(UViTConfig("tiny-uvit", input_size=4, patch_size=1, in_channels=32, hidden_size=64, depth=2, num_heads=2,
                     description="narrow UViT for tests (tiny-f32c32-in latents, 128 px)"))
+register(UViTConfig("tiny-usit", input_size=4, patch_size=1, in_channels=32, hidden_size=64, depth=2, num_heads=2,
+                    timestep_convention="sit", description="narrow USiT (UViT, SiT velocity) for tests"))
 register(DiTConfig("tiny-dit", input_size=4, patch_size=1, in_channels=32, hidden_size=64, depth=2, num_heads=2,
                    description="narrow DiT for tests (tiny-f32c32-in latents, 128 px)"))
 
@@ -495,4 +497,9 @@ register(ClassPipelineConfig(
     "tiny-dit-c2i", autoencoder="tiny-f32c32-in", denoiser="tiny-dit",
     sampling=dataclasses.replace(_DIT_SAMPLING, height=128, width=128, steps=4),
     description="tiny class-conditional pipeline for tests (DiT, 128 px)",
+))
+register(ClassPipelineConfig(
+    "tiny-usit-c2i", autoencoder="tiny-f32c32-in", denoiser="tiny-usit",
+    sampling=dataclasses.replace(_USIT_SAMPLING, height=128, width=128),
+    description="tiny class-conditional pipeline for tests (USiT, SiT ODE, 128 px)",
 ))

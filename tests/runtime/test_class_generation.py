@@ -17,14 +17,14 @@ from dcae_deploy.parity import main as parity_main
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """Random-weight exports of the tiny UViT and DiT class pipelines (denoiser + decoder, batch up to 2)."""
+    """Random-weight exports of the tiny UViT, DiT and USiT class pipelines (denoiser + decoder, batch up to 2)."""
     import torch
 
     from dcae_deploy.export import export_model
 
     torch.set_num_threads(1)
     folders = {}
-    for variant in ("tiny-uvit-c2i", "tiny-dit-c2i"):
+    for variant in ("tiny-uvit-c2i", "tiny-dit-c2i", "tiny-usit-c2i"):
         folders[variant] = tmp_path_factory.mktemp(variant)
         export_model(variant, folders[variant], components=["denoiser", "decoder"], max_batch=2)
     return folders
@@ -34,6 +34,8 @@ def exports(tmp_path_factory):
     ("tiny-uvit-c2i", dict(class_labels=(1, 2, 3), guidance_scale=4.0)),       # dpm-solver++-uvit, two calls
     ("tiny-dit-c2i", dict(class_labels=(7, 8), guidance_scale=3.0, steps=12)),  # adm, learned sigma, 2B batch
     ("tiny-dit-c2i", dict(class_labels=(7,), guidance_scale=1.0, sampler="ddim", steps=6)),
+    ("tiny-usit-c2i", dict(class_labels=(2, 3), guidance_scale=1.5)),           # sit-dopri5, adaptive steps
+    ("tiny-usit-c2i", dict(class_labels=(2,), guidance_scale=4.0, sampler="sit-heun", steps=5)),
 ])
 def test_onnxruntime_matches_pytorch_stage_by_stage(exports, variant, request_kw):
     from dcae_deploy.parity import compare_stages, run_backend
