@@ -13,7 +13,9 @@ Exit status 1 when a ``--min-*`` goal is given and missed.
 
 ``python -m dcae_deploy.evaluate reconstruction --images FOLDER ...`` is the other mode: the release's reconstruction
 metrics (PSNR, SSIM, LPIPS, rFID) of any DC-AE on your own images, PyTorch fp32 against an export on any backend
-(:mod:`dcae_deploy.evaluate.reconstruction`; ``reconstruction --help``).
+(:mod:`dcae_deploy.evaluate.reconstruction`; ``reconstruction --help``). ``generation`` is the FID of a
+class-conditional DC-AE-Diffusion model against reference statistics, ``fid-stats`` builds such statistics from images
+(:mod:`dcae_deploy.evaluate.generation`; ``generation --help``).
 """
 
 from __future__ import annotations
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         from dcae_deploy.evaluate.reconstruction import main as reconstruction_main
 
         return reconstruction_main(argv[1:])
+    if argv[:1] in (["generation"], ["fid-stats"]):
+        from dcae_deploy.evaluate.generation import fid_stats_main, main as generation_main
+
+        return (generation_main if argv[0] == "generation" else fid_stats_main)(argv[1:])
     from dcae_deploy.runtime.backends import BACKENDS
 
     p = argparse.ArgumentParser(prog="python -m dcae_deploy.evaluate", description=__doc__,
