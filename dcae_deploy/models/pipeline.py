@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dcae_deploy.checkpoints import write_json
-from dcae_deploy.errors import CheckpointError
+from dcae_deploy.errors import CheckpointError, DcaeDeployError
 from dcae_deploy.family import family_of, is_composite, resolve
 from dcae_deploy.models.pipeline_config import PipelineConfig
 from dcae_deploy.registry import get_variant
@@ -145,9 +145,28 @@ def load_parts(config, checkpoint: str | Path, roles=None) -> PipelineModels:
     return PipelineModels(config=config, tokenizer=tokenizer, **_by_role({family.role: module}))
 
 
+def _hub_model_name(folder: Path) -> str | None:
+    """``model_name`` of a hub folder's ``config.json`` (``{"model_name": "mit-han-lab/dc-ae-..."}``) when it names
+    a registered pipeline, else None."""
+    try:
+        name = json.loads((folder / "config.json").read_text()).get("model_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(name, str):
+        return None
+    name = name.removeprefix("mit-han-lab/")
+    try:
+        get_variant(name, kind="pipeline")
+    except DcaeDeployError:
+        return None
+    return name
+
+
 def _pipeline_config(folder: Path, variant: str | None) -> PipelineConfig:
     path = folder / PIPELINE_FILE
     if not path.is_file():
+        if variant is None:
+            variant = _hub_model_name(folder)  # a DC-AE-Diffusion hub folder names its model in config.json
         if variant is None:
             raise CheckpointError(
                 f"{folder} is not a pipeline folder (no {PIPELINE_FILE}); pass the pipeline variant to say what it holds"

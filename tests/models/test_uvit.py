@@ -120,7 +120,10 @@ def test_training_checkpoint_ema_entry_with_uvit_prefix(tmp_path):
     path = tmp_path / "step_1000.pt"
     torch.save({"ema": {"0.9999": {f"uvit.{k}": v for k, v in state.items()}},
                 "optimizer": {"lr": torch.tensor(1e-4)}, "epoch": 3}, path)
-    model = load_uvit(path)  # no config in the file: the single registered UViT these tensors fit
+    # no config in the file, and tiny-uvit / tiny-usit share the architecture (as uvit-h / usit-h do): say which
+    with pytest.raises(CheckpointError, match=r"fits several UViT variants .*tiny-usit, tiny-uvit.*pass the variant"):
+        load_uvit(path)
+    model = load_uvit(path, "tiny-uvit")
     assert model.config.name == "tiny-uvit"
     assert max_relative_error(run(model, io), io["output"]) <= TOL
     plain = tmp_path / "plain.pt"  # U-ViT's own "ema" layout: the state dict itself
@@ -230,8 +233,13 @@ def test_pipeline_bundle_errors(tmp_path):
     broken = write_bundle(tmp_path / "broken", "tiny-uvit-c2i", state, {k: v for k, v in ae.items() if k != key})
     with pytest.raises(CheckpointError, match=r"\(autoencoder\.\*\) does not fit variant 'tiny-f32c32-in'; 1 missing"):
         load_pipeline(broken, "tiny-uvit-c2i")
+    with pytest.raises(CheckpointError, match=r"does not fit variant 'tiny-f32c32-in'"):
+        load_pipeline(broken)  # no variant given: the hub folder's config.json names its model
+    named = write_bundle(tmp_path / "named", "mit-han-lab/tiny-uvit-c2i", state, ae)
+    assert load_pipeline(named).config.name == "tiny-uvit-c2i"
+    unnamed = write_bundle(tmp_path / "unnamed", "not-a-registered-model", state, ae)
     with pytest.raises(CheckpointError, match="pass the pipeline variant"):
-        load_pipeline(broken)
+        load_pipeline(unnamed)
 
 
 def test_pipeline_folder_round_trip(tmp_path):
@@ -290,7 +298,7 @@ OFFICIAL = {
 
 def test_official_pipelines_pair_fitting_parts():
     class_pipelines = [n for n in list_variants("pipeline") if isinstance(get_variant(n), ClassPipelineConfig)]
-    assert sorted(class_pipelines) == sorted([*OFFICIAL, "tiny-uvit-c2i", "tiny-dit-c2i"])
+    assert sorted(class_pipelines) == sorted([*OFFICIAL, "tiny-uvit-c2i", "tiny-dit-c2i", "tiny-usit-c2i"])
     for name in class_pipelines:
         pipe = get_variant(name, kind="pipeline")
         ae, den = pipe.parts()["autoencoder"], pipe.parts()["denoiser"]
