@@ -43,6 +43,7 @@ import numpy as np
 
 from dcae_deploy.cli import check_output_file, check_seed
 from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.evaluate.ranks import add_run_options, run_on_ranks
 
 #: the release's evaluation: 50,000 samples, labels from a CPU torch generator seeded 0
 RELEASE_NUM_SAMPLES = 50_000
@@ -101,8 +102,6 @@ def batches(count: int, batch_size: int, rank: int = 0, world_size: int = 1) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     from dcae_deploy.runtime.backends import BACKENDS
-    from dcae_deploy.train.distributed import DEFAULT_TIMEOUT_S
-
     p = argparse.ArgumentParser(prog="python -m dcae_deploy.evaluate generation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -133,22 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the generated set's mu / sigma here, in the reference's format")
     p.add_argument("--save-images", metavar="DIR", help="also write every sample as DIR/<index>_<label>.png")
     p.add_argument("--json", help="also write the results here")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, help="CPU threads of PyTorch and ONNX Runtime")
-    p.add_argument("--engine-dir", help="with --backend tensorrt: the folder of plans (default: found under the export)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                   help="under torchrun: how long a process waits for the others before failing")
+    add_run_options(p, "CPU threads of PyTorch and ONNX Runtime")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dcae_deploy.train.distributed import init_distributed, run_ranked
-
     args = build_parser().parse_args(argv)
     check_arguments(args)
-    info = init_distributed(None if args.device == "auto" else args.device, args.dist_timeout)
-    return run_ranked(info, lambda: evaluate(args, info))
+    return run_on_ranks(args, evaluate)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -334,7 +325,7 @@ def _checkpoint_variant(args) -> str:
 def evaluate(args, info) -> dict:
     import torch
 
-    from dcae_deploy.evaluate.reconstruction import _gathered_count
+    from dcae_deploy.train.distributed import sum_over_ranks
     from dcae_deploy.metrics.fid import FeatureStatistics, frechet_distance, write_fid_statistics
     from dcae_deploy.metrics.inception import FEATURES, FIDInceptionV3
     from dcae_deploy.runtime.generation import GenerationConfig
@@ -390,7 +381,7 @@ def evaluate(args, info) -> dict:
     finally:
         generator.close()
     mu, sigma = statistics.compute()  # a collective under torchrun: the sums of every process
-    samples = _gathered_count(info, int(statistics.num_samples))  # compute() leaves the local states in place
+    samples = sum_over_ranks(info, int(statistics.num_samples))  # compute() leaves the local states in place
     report = {
         "fid": None, "reference": args.fid_reference, "samples": samples,
         "processes": info.world_size, "source": generator.description,
@@ -440,8 +431,6 @@ def format_report(report: dict) -> str:
 
 
 def build_fid_stats_parser() -> argparse.ArgumentParser:
-    from dcae_deploy.train.distributed import DEFAULT_TIMEOUT_S
-
     p = argparse.ArgumentParser(
         prog="python -m dcae_deploy.evaluate fid-stats",
         description="FID reference statistics (an .npz with mu and sigma, the release's format) of a folder of images "
@@ -456,17 +445,11 @@ def build_fid_stats_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="only the first N images (sorted by path)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="use the readable images of the right size and list the others, instead of refusing the run")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, help="CPU threads of PyTorch")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                   help="under torchrun: how long a process waits for the others before failing")
+    add_run_options(p, "CPU threads of PyTorch", engine_dir=False)
     return p
 
 
 def fid_stats_main(argv: list[str] | None = None) -> int:
-    from dcae_deploy.train.distributed import init_distributed, run_ranked
-
     args = build_fid_stats_parser().parse_args(argv)
     for flag, value in (("--resolution", args.resolution), ("--batch-size", args.batch_size),
                         ("--max-images", args.max_images), ("--threads", args.threads)):
@@ -475,14 +458,14 @@ def fid_stats_main(argv: list[str] | None = None) -> int:
     check_inception_weights(args.inception_weights)
     check_output_file(args.out, "--out", (".npz",))
     check_device(args.device)
-    info = init_distributed(None if args.device == "auto" else args.device, args.dist_timeout)
-    return run_ranked(info, lambda: fid_stats(args, info))
+    return run_on_ranks(args, fid_stats)
 
 
 def fid_stats(args, info) -> dict:
     import torch
 
-    from dcae_deploy.evaluate.reconstruction import _gathered_count, select_images
+    from dcae_deploy.evaluate.reconstruction import select_images
+    from dcae_deploy.train.distributed import sum_over_ranks
     from dcae_deploy.metrics.fid import FeatureStatistics, write_fid_statistics
     from dcae_deploy.metrics.images import ImageError, load_image
     from dcae_deploy.metrics.inception import FEATURES, FIDInceptionV3
@@ -520,7 +503,7 @@ def fid_stats(args, info) -> dict:
                 statistics.update(inception(x))
         bar.update(len(shard[start:start + args.batch_size]))
     mu, sigma = statistics.compute()  # a collective under torchrun
-    report = {"images": _gathered_count(info, int(statistics.num_samples)), "folder": str(args.images),
+    report = {"images": sum_over_ranks(info, int(statistics.num_samples)), "folder": str(args.images),
               "resolution": args.resolution, "skipped": skipped, "out": str(args.out)}
     if info.is_main:
         write_fid_statistics(args.out, mu, sigma)

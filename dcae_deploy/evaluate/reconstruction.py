@@ -34,6 +34,7 @@ import numpy as np
 
 from dcae_deploy.cli import check_output_file
 from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.evaluate.ranks import add_run_options, run_on_ranks
 
 DEFAULT_METRICS = "psnr,ssim,lpips,fid"
 REFERENCE = "torch"
@@ -59,8 +60,6 @@ CONVENTIONS = {
 
 def build_parser() -> argparse.ArgumentParser:
     from dcae_deploy.runtime.backends import BACKENDS
-    from dcae_deploy.train.distributed import DEFAULT_TIMEOUT_S
-
     p = argparse.ArgumentParser(prog="python -m dcae_deploy.evaluate reconstruction", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, help="a folder of images (sub-folders included)")
@@ -89,23 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="evaluate only the first N images (sorted by path)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="evaluate the readable images of the right size and list the others, instead of refusing the run")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, help="CPU threads of PyTorch and ONNX Runtime")
-    p.add_argument("--engine-dir", help="with --backend tensorrt: the folder of plans (default: found under the export)")
     p.add_argument("--json", help="also write the results here")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                   help="under torchrun: how long a process waits for the others before failing")
+    add_run_options(p, "CPU threads of PyTorch and ONNX Runtime")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dcae_deploy.train.distributed import init_distributed, run_ranked
-
     args = build_parser().parse_args(argv)
     check_arguments(args)
-    info = init_distributed(None if args.device == "auto" else args.device, args.dist_timeout)
-    return run_ranked(info, lambda: evaluate(args, info))
+    return run_on_ranks(args, evaluate)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -353,6 +344,7 @@ def evaluate(args, info) -> dict:
     from dcae_deploy.metrics.images import ImageError, load_image, to_model_input
     from dcae_deploy.metrics.reconstruction import ReconstructionEvaluator
     from dcae_deploy.runtime.progress import ProgressBar
+    from dcae_deploy.train.distributed import sum_over_ranks
 
     def say(message: str) -> None:
         if info.is_main:
@@ -397,7 +389,7 @@ def evaluate(args, info) -> dict:
                 evaluated += len(arrays)
             bar.update(len(shard[start:start + batch_size]))
         results = evaluator.results()  # a collective: every rank
-        count = _gathered_count(info, evaluated)
+        count = sum_over_ranks(info, evaluated)
     finally:
         for close in source.closers:
             close()
@@ -436,17 +428,6 @@ def check_geometry(args, source: Source, say) -> None:
             "axes), but the export's parity gate checked only shapes inside the profile")
     if source.max_batch and args.batch_size > source.max_batch:
         say(f"batches of {source.max_batch} (the export's largest batch) instead of --batch-size {args.batch_size}")
-
-
-def _gathered_count(info, count: int) -> int:
-    if not info.distributed:
-        return count
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([count], dtype=torch.int64, device=info.device)
-    dist.all_reduce(t)
-    return int(t.item())
 
 
 def _with_deltas(results: dict, source: Source, seconds: dict, count: int) -> dict:

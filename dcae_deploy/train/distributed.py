@@ -180,6 +180,15 @@ def same_on_all_ranks(info: DistInfo, value: int) -> bool:
     return int(t[0]) == value and -int(t[1]) == value
 
 
+def sum_over_ranks(info: DistInfo, count: int) -> int:
+    """An integer summed over all ranks (itself in a single process)."""
+    if not info.distributed:
+        return count
+    t = torch.tensor([count], dtype=torch.int64, device=info.device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 def mean_over_ranks(info: DistInfo, values: dict[str, float]) -> dict[str, float]:
     """Average scalars over all ranks (identity in a single process)."""
     if not info.distributed or not values:
