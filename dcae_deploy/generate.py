@@ -3,7 +3,7 @@ Runtime, TensorRT or OpenVINO.
 
 ::
 
-    python -m dcae_deploy.generate --prompt "a red circle on a blue background" --output out.png
+    python -m dcae_deploy.generate --prompt "a red circle on a blue background" --output out.png   # --backend auto
     python -m dcae_deploy.generate --artifacts export/demo --backend tensorrt --seed 7 --batch 4 --output img.png
     python -m dcae_deploy.generate --backend torch --checkpoint runs/demo/pipeline --output out.png   # no export
     python -m dcae_deploy.generate --backend openvino --ov-precision bf16 --output out.png   # Intel CPU / GPU / NPU
@@ -12,6 +12,12 @@ Runtime, TensorRT or OpenVINO.
 
 Without ``--artifacts`` it uses the shipped demo model (exported once into ``~/.cache/dcae_deploy``,
 or ``$DCAE_DEPLOY_CACHE``; with ``--backend tensorrt`` its engines are built there once too). ``--batch N`` writes ``img-0.png`` ... ``img-{N-1}.png`` (seeds seed ... seed+N-1).
+
+``--backend auto`` (the default) picks, and says on stderr which and why: TensorRT where the export has engines this
+GPU runs, else ONNX Runtime on CUDA where it has the CUDA execution provider and a GPU, else OpenVINO on the CPU at
+f32 inference precision where it is installed, else ONNX Runtime on the CPU (``choose_backend`` in
+``dcae_deploy/runtime/backends.py``); a backend that does not open falls back to the next. ``--device cpu|cuda``
+keeps it to that device. A named ``--backend`` is used as given.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dcae_deploy.errors import DcaeDeployError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dcae_deploy.runtime.backends import BACKENDS
+    from dcae_deploy.runtime.backends import AUTO, BACKENDS
     from dcae_deploy.diffusion_samplers import CLASS_SAMPLERS
     from dcae_deploy.runtime.schedulers import SAMPLERS
 
@@ -37,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default="", help="what to steer away from (default: the empty prompt)")
     p.add_argument("--artifacts", default=None, help="export folder (manifest.json); default: the shipped demo")
     p.add_argument("--variant", default=None, help="refuse an export of another pipeline variant")
-    p.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch / ONNX Runtime device")
+    p.add_argument("--backend", default=AUTO, choices=[AUTO, *BACKENDS],
+                   help="auto (default): TensorRT where the export's engines run on this GPU, else ONNX Runtime on "
+                   "CUDA, else OpenVINO on the CPU (f32) where installed, else ONNX Runtime on the CPU; stderr says "
+                   "which and why")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="torch / ONNX Runtime device (with --backend auto: only backends on that device)")
     p.add_argument("--engine-dir", default=None, help="TensorRT plans (default: the one under ARTIFACTS/engines)")
     p.add_argument("--ov-device", default=None, help="OpenVINO device: CPU (default), GPU, GPU.N, NPU, AUTO")
     p.add_argument("--ov-precision", default=None, choices=("f32", "bf16", "f16", "default"),
@@ -86,24 +96,34 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise DcaeDeployError(f"--steps must be at least 1, got {args.steps}")
     check_seed(args.seed)
     check_output_file(args.output, "--output", (".png",))
+    unused = _not_used_by(args.backend)
     if args.engine_dir is not None and args.backend != "tensorrt":
-        raise DcaeDeployError(f"--engine-dir holds TensorRT plans, which --backend {args.backend} does not use: "
+        raise DcaeDeployError(f"--engine-dir holds TensorRT plans, which {unused}: "
                               "add --backend tensorrt, or drop --engine-dir")
     given = [flag for flag, value in (("--ov-device", args.ov_device), ("--ov-precision", args.ov_precision)) if value]
     if given and args.backend != "openvino":
-        raise DcaeDeployError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} OpenVINO, which --backend "
-                              f"{args.backend} does not use: add --backend openvino, or drop {' and '.join(given)}")
+        raise DcaeDeployError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} OpenVINO, which "
+                              f"{unused}: add --backend openvino, or drop {' and '.join(given)}")
     if args.backend == "openvino":  # installed, and the device exists, before the demo's export-on-first-use
         from dcae_deploy.runtime.runners.openvino import check_device, import_openvino
 
         check_device(args.ov_device or "CPU", list(import_openvino().Core().available_devices))
     if args.checkpoint is not None and args.backend != "torch":
-        raise DcaeDeployError(f"--checkpoint names PyTorch weights, which --backend {args.backend} does not use "
+        raise DcaeDeployError(f"--checkpoint names PyTorch weights, which {unused} "
                               "(it runs exported graphs): add --backend torch to run them directly, or export them first "
                               "(python -m dcae_deploy.export) and pass --artifacts")
     note = guidance_note(args.guidance)  # refuses nan, inf and negative scales
     if note and not args.class_labels:  # class-conditional samplers guide at any scale but 1, as their reference
         print(f"[generate] {note}", file=sys.stderr)
+
+
+def _not_used_by(backend: str) -> str:
+    """Whom a flag of one backend's settings is refused for (``auto`` sets up the backend it picks itself)."""
+    from dcae_deploy.runtime.backends import AUTO
+
+    if backend == AUTO:
+        return "--backend auto (the default) does not take"
+    return f"--backend {backend} does not use"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             demo_engines(artifacts)
     else:
         artifacts = load_artifacts(args.artifacts, variant=args.variant)
-    from dcae_deploy.runtime.backends import open_backend
+    from dcae_deploy.runtime.backends import AUTO, auto_candidates, open_auto, open_backend
 
     options = BackendOptions(device=args.device, engine_dir=args.engine_dir, checkpoint=args.checkpoint,
                              ov_device=args.ov_device or "CPU", ov_precision=args.ov_precision)
@@ -154,7 +174,17 @@ def main(argv: list[str] | None = None) -> int:
 
         t2i = open_pytorch(args.checkpoint, variant=args.variant, device=args.device, **settings)
     else:
-        t2i = TextToImage(artifacts, open_backend(args.backend, artifacts, options), **settings)
+        if args.backend == AUTO:
+            backend, choice = open_auto(artifacts, options,
+                                        log=lambda line: print(f"[generate] {line}", file=sys.stderr))
+            print(f"[generate] --backend auto: {choice.reason}", file=sys.stderr)
+            if args.verbose:
+                passed_over = auto_candidates(artifacts, options)[1]
+                if passed_over:
+                    print(f"[generate] --backend auto passed over: {'; '.join(passed_over)}", file=sys.stderr)
+        else:
+            backend = open_backend(args.backend, artifacts, options)
+        t2i = TextToImage(artifacts, backend, **settings)
     with t2i:
         result = t2i.generate(config)
     if args.grid:

@@ -195,6 +195,9 @@ class Manifest:
     # a variant that is not registered (a custom architecture): {"family": name, "config": config.to_dict()},
     # all that later stages need to rebuild it (the torch backend, parity); None for registered variants
     model_config: dict[str, Any] | None = None
+    # int8 / fp8 exports: how the Q/DQ graphs were made (tool, settings, quantized layers per component) and the
+    # calibration (image source, samples and held-out samples per component, where the inputs came from)
+    quantization: dict[str, Any] | None = None
 
     def component(self, name: str) -> Component:
         if name not in self.components:

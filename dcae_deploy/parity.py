@@ -28,7 +28,7 @@ import numpy as np
 
 from dcae_deploy.cli import check_output_file, check_seed, run_cli
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.export.gate import MIN_IMAGE_PSNR_DB, REL_L2, ParityRecord, compare
+from dcae_deploy.export.gate import REL_L2, ParityRecord, compare, image_psnr_limit
 
 #: the generation outputs compared per backend (GenerationResult.stages)
 PARITY_STAGES = ("text_embeddings", "first_step", "latent", "image")
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     for backend in (b for b in backends if b != "torch"):
         result = run_backend(artifacts, backend, generation, options)
         rows += [(backend, r) for r in compare_stages(result.stages, reference, artifacts.precision, backend)]
-    limit = f"rel L2 <= {REL_L2[artifacts.precision]:g}" + (
-        "" if artifacts.precision == "fp32" else f", image PSNR >= {MIN_IMAGE_PSNR_DB:g} dB")
+    psnr = image_psnr_limit(artifacts.precision)
+    limit = f"rel L2 <= {REL_L2[artifacts.precision]:g}" + ("" if psnr is None else f", image PSNR >= {psnr:g} dB")
     print(f"{artifacts.variant} ({artifacts.precision}) vs PyTorch fp32, seed {args.seed}; tolerance {limit}")
     print(format_table(rows) if rows else "(only the torch reference ran: add --backends torch,onnxruntime)")
     if args.json:

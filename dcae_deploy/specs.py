@@ -41,11 +41,12 @@ from torch import nn
 
 from dcae_deploy.errors import DcaeDeployError
 from dcae_deploy.family import component_defs, component_names, family_of, image_ratio, is_composite, parts_of
+from dcae_deploy.precisions import PRECISIONS
 from dcae_deploy.manifest import Component, Manifest, PipelineSection, ShapeProfile, TensorInfo
 
 Dtype = Literal["float", "float32", "int64"]  # "float": the export precision
 Sample = Literal["uniform", "normal", "timestep", "ids", "mask"]
-NUMPY_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+NUMPY_DTYPES = {name: p.float_dtype for name, p in PRECISIONS.items()}  # a Q/DQ graph's float tensors: float32
 OPSET = 22  # bf16 Conv needs opset 22 (earlier opsets type-restrict Conv to fp16/fp32/fp64)
 
 

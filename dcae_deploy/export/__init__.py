@@ -38,6 +38,7 @@ import torch
 
 from dcae_deploy.checkpoints import write_json
 from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.export.calibration import DEFAULT_SAMPLES, build_calibration, check_calibration_images, torch_output
 from dcae_deploy.export.gate import OnnxGraphRunner, ParityError, compare, failure_message, summarize
 from dcae_deploy.export.limits import check_profile_size
 from dcae_deploy.export.numerics import check_weights, overflow_note, reference_error
@@ -45,6 +46,8 @@ from dcae_deploy.export.onnx_export import OPSET, export_onnx
 from dcae_deploy.family import component_names, describe_config, image_ratio, roles_for, text_components
 from dcae_deploy.manifest import MANIFEST_FILE, Component, Manifest, sha256_file, write_manifest
 from dcae_deploy.models.pipeline import PipelineModels, build_parts, load_parts
+from dcae_deploy.precisions import PRECISIONS as ALL_PRECISIONS
+from dcae_deploy.precisions import get_precision
 from dcae_deploy.registry import get_variant
 from dcae_deploy.specs import (
     DEFAULT_RESOLUTION,
@@ -59,7 +62,9 @@ from dcae_deploy.specs import (
     tool_versions,
 )
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PRECISIONS = {name: TORCH_DTYPES[p.float_dtype] for name, p in ALL_PRECISIONS.items()}  # the dtype torch exports in
+HELD_OUT = 2  # calibration samples per component kept for the quantized graph's gate
 PARITY_FILE = "parity.json"
 FAILED_PARITY_FILE = "parity-failed.json"  # a failed export's report: never over the valid graphs' parity.json
 TOKENIZER_DIR = "tokenizer"
@@ -87,6 +92,8 @@ def export_model(
     max_res: int | None = None,
     max_batch: int | None = None,
     verbose: bool = False,
+    calibration_images: str | Path | None = None,
+    calibration_samples: int = DEFAULT_SAMPLES,
 ) -> Manifest:
     """Export ``components`` of ``variant`` to ONNX in ``output_dir``, run the parity gate, write the manifest.
 
@@ -103,7 +110,13 @@ def export_model(
             to random weights, which only checks the graph structure, and says so.
         components: subset of the variant's components. Defaults as above.
         precision: ``fp32``, ``fp16`` or ``bf16``: the dtype of weights and float tensors in the graph
-            (timesteps stay float32, token ids and masks int64).
+            (timesteps stay float32, token ids and masks int64); ``int8`` or ``fp8``: a Q/DQ graph
+            (:mod:`dcae_deploy.export.quantize`) calibrated on real inputs, float32 inputs and outputs. See
+            :mod:`dcae_deploy.precisions` for the tolerances of each.
+        calibration_images: quantized precisions: a folder of images, ``photos``, ``shapes`` or ``auto``
+            (:mod:`dcae_deploy.export.calibration`); checked before any work.
+        calibration_samples: quantized precisions: how many images (and captions) to calibrate on, of which the
+            last two are held out for the gate.
         min_res, opt_res, max_res, max_batch: the shape profile in image pixels. Defaults to 256/512/1024/4
             (a pipeline: its own image size as the optimum).
 
@@ -114,8 +127,10 @@ def export_model(
     """
     config = get_variant(variant) if isinstance(variant, str) else variant
     names = component_names(config, components)
-    if precision not in PRECISIONS:
-        raise DcaeDeployError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    quantized = get_precision(precision).quantized is not None
+    if quantized:
+        calibration_images = check_calibration_images(calibration_images)
+        _check_samples(calibration_samples)
     res = default_resolution(config, min_res, opt_res, max_res, max_batch)
     res.validate(image_ratio(config))
     check_profile_size(config, names, res)  # before the folder, the checkpoint or any graph
@@ -133,14 +148,23 @@ def export_model(
         exported, records = {}, []
         readers = text_components(config, names)  # the graphs whose inputs come from the tokenizer
         tokenizer_files, tokenizer_path = _save_tokenizer(parts, staging) if readers else ({}, None)
+        graph_precision = "fp32" if quantized else precision  # a Q/DQ graph starts as a gated fp32 graph
         for spec in specs:
             extra = tokenizer_files if spec.name in readers else {}
-            exported[spec.name] = _export_component(parts, spec, precision, staging, extra, verbose)
-            records += _parity(parts, spec, precision, staging, source, modules)
+            exported[spec.name] = _export_component(parts, spec, graph_precision, staging, extra, verbose)
+            records += _parity(parts, spec, graph_precision, staging, source, modules)
         failed = [r for r in records if not r.passed]
         report = {"variant": config.name, "precision": precision, "passed": not failed,
                   "records": [r.to_dict() for r in records]}
         log("parity against PyTorch fp32:\n" + summarize(records))
+        quantization = None
+        if quantized and not failed:
+            report["fp32_graph_records"] = report["records"]
+            exported, records, quantization = _quantize(config, parts, specs, exported, staging, precision, res.opt_res,
+                                                        calibration_images, calibration_samples)
+            failed = [r for r in records if not r.passed]
+            report.update(passed=not failed, records=[r.to_dict() for r in records])
+            log(f"parity of the {precision} graphs against PyTorch fp32 on held-out real inputs:\n" + summarize(records))
         if failed:
             write_json(output_dir / FAILED_PARITY_FILE, report)
             note = overflow_note(modules, precision)
@@ -161,6 +185,7 @@ def export_model(
             versions=tool_versions(),
             pipeline=pipeline_section(config, parts, parts.tokenizer, tokenizer_path),
             model_config=describe_config(config),
+            quantization=quantization,
         )
         # Commit. Without its manifest the folder is no export (the runtime refuses it), so removing the previous
         # one first means a kill from here on leaves an incomplete folder that says so, never old metadata
@@ -353,6 +378,52 @@ def _parity(parts: PipelineModels, spec: ComponentSpec, precision: str, staging:
                     is_image=spec.image_output, runner=runner.name)
         )
     return records
+
+
+def _check_samples(count) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or not HELD_OUT + 1 <= count <= 1000:
+        raise DcaeDeployError(f"--calibration-samples must be a whole number from {HELD_OUT + 1} to 1000 (the last "
+                              f"{HELD_OUT} are held out for the gate), got {count!r}")
+
+
+def _quantize(config, parts: PipelineModels, specs: list[ComponentSpec], exported: dict[str, Component],
+              staging: Path, precision: str, side: int, images: str, count: int):
+    """Quantize the gated fp32 graphs in ``staging`` to Q/DQ graphs of the same names, calibrated on real inputs;
+    gate them on the held-out inputs. Returns (components, parity records, the manifest's ``quantization``)."""
+    from dcae_deploy.export.quantize import graph_files, ort_session, quantize_graph
+
+    spec_of = {s.name: s for s in specs}
+    calib = build_calibration(config, parts, spec_of, side, images, count, HELD_OUT)
+    fp32_dir = staging / "fp32"
+    fp32_dir.mkdir()
+    components, records, layers = {}, [], {}
+    for name, component in exported.items():
+        for file in component.files:
+            if (staging / file).is_file() and file.startswith(component.file):  # the graph and its external data
+                (staging / file).replace(fp32_dir / file)
+        target = staging / component.file
+        layers[name] = quantize_graph(fp32_dir / component.file, target, calib.feeds[name], get_precision(precision),
+                                      name)
+        files = {f.name: sha256_file(f) for f in graph_files(target)}
+        extra = {k: v for k, v in component.files.items() if not k.startswith(component.file)}  # tokenizer files
+        components[name] = component_record(spec_of[name], precision, component.file, {**files, **extra})
+        session = ort_session(target)
+        spec = spec_of[name]
+        for feeds in calib.held_out[name]:
+            expected = torch_output(config, name, parts, feeds)
+            actual = session.run([spec.output_names[0]], feeds)[0]
+            records.append(compare(name, spec.output_names[0], np.asarray(actual, dtype=np.float32), expected, precision,
+                                   is_image=spec.image_output, runner="onnxruntime:CPUExecutionProvider (Q/DQ)"))
+        del session
+    shutil.rmtree(fp32_dir, ignore_errors=True)
+    first = next(iter(layers.values()))
+    quantization = {
+        "precision": precision,
+        **{k: v for k, v in first.items() if k != "quantized_layers"},
+        "quantized_layers": {name: info["quantized_layers"] for name, info in layers.items()},
+        "calibration": calib.describe(),
+    }
+    return components, records, quantization
 
 
 def _numpy_dtype(precision: str):

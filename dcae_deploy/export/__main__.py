@@ -39,7 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(pipeline; default text_encoder,denoiser,decoder). Add decoder_global,decoder_local for exact tiled "
         "decoding of large images (the decoder split before its high-resolution, purely local stages)",
     )
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="fp32 / fp16 / bf16 graphs, or int8 / fp8 Q/DQ graphs calibrated on real inputs (fp8: TensorRT "
+                   "on compute capability 8.9+); tolerances in the README's export section")
+    p.add_argument("--calibration-images", default=None, metavar="FOLDER|photos|shapes|auto",
+                   help="int8 / fp8: the images the encoder and decoder are calibrated on (their latents for the "
+                   "decoder): a folder of images, the scikit-image photographs, the demo's shapes, or auto (default: "
+                   "shapes for the demo, else photos); the denoiser is calibrated along the pipeline's own sampling "
+                   "trajectories")
+    p.add_argument("--calibration-samples", type=int, default=None,
+                   help="int8 / fp8: images (and captions) to calibrate on, the last 2 held out for the gate (default 10)")
     p.add_argument("--min-res", type=int, default=None, help=f"smallest image side in pixels (default {d.min_res})")
     p.add_argument("--opt-res", type=int, default=None, help=f"image side engines optimise for (default {d.opt_res})")
     p.add_argument("--max-res", type=int, default=None,
@@ -79,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         max_res=args.max_res,
         max_batch=args.max_batch,
         verbose=args.verbose,
+        calibration_images=args.calibration_images,
+        **({} if args.calibration_samples is None else {"calibration_samples": args.calibration_samples}),
     )
     return 0
 

@@ -1,8 +1,9 @@
 """The parity gate: run an exported graph, compare with PyTorch fp32, fail loudly past tolerance.
 
-Tolerances (the README's export section): fp32 graphs within relative L2 1e-4 of PyTorch fp32; fp16/bf16
-graphs within relative L2 1e-2, and decoded images at PSNR >= 35 dB. A broken tolerance is an
-error, never a warning. NaN or Inf in either output fails the comparison and is reported as such (counts of
+Tolerances (the README's export section, :data:`dcae_deploy.precisions.PRECISIONS`): fp32 graphs within relative
+L2 1e-4 of PyTorch fp32; fp16/bf16 graphs within relative L2 1e-2, and decoded images at PSNR >= 35 dB; int8/fp8
+Q/DQ graphs, on held-out real inputs, images at PSNR >= 30 dB and other outputs within relative L2 0.2. A broken
+tolerance is an error, never a warning. NaN or Inf in either output fails the comparison and is reported as such (counts of
 each, in the graph's output and in PyTorch's), never as a relative error of "inf".
 
 Graphs run in ONNX Runtime (CUDA EP when present, else CPU EP). ONNX Runtime's CPU EP has no
@@ -19,9 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.precisions import PRECISIONS, get_precision
 
-REL_L2 = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}
-MIN_IMAGE_PSNR_DB = 35.0  # low-precision image outputs only
+REL_L2 = {name: p.rel_l2 for name, p in PRECISIONS.items()}
+MIN_IMAGE_PSNR_DB = PRECISIONS["fp16"].image_psnr_db  # fp16 / bf16 image outputs (quantized: image_psnr_limit)
+
+
+def image_psnr_limit(precision: str) -> float | None:
+    """The smallest PSNR of image outputs at ``precision`` (None for fp32: its relative L2 limit is tighter)."""
+    return get_precision(precision).image_psnr_db
 
 
 class ParityError(DcaeDeployError):
@@ -84,8 +91,10 @@ def compare(
     finite = not (nan or inf or ref_nan or ref_inf)  # a NaN anywhere fails: it is never "close enough"
     rel_l2 = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)) if finite else math.inf
     psnr = psnr_db(a, b) if is_image and finite else None
-    psnr_limit = MIN_IMAGE_PSNR_DB if is_image and precision != "fp32" else None
-    passed = finite and rel_l2 <= REL_L2[precision] and (psnr_limit is None or psnr >= psnr_limit)
+    spec = get_precision(precision)
+    psnr_limit = spec.image_psnr_db if is_image else None
+    rel_l2_limit = spec.rel_l2_limit(is_image)
+    passed = finite and rel_l2 <= rel_l2_limit and (psnr_limit is None or psnr >= psnr_limit)
     return ParityRecord(
         component=component,
         output=output,
@@ -94,7 +103,7 @@ def compare(
         max_abs=float(np.abs(a - b).max()) if finite else math.inf,
         rel_l2=rel_l2,
         psnr_db=psnr,
-        rel_l2_limit=REL_L2[precision],
+        rel_l2_limit=rel_l2_limit,
         psnr_limit_db=psnr_limit,
         passed=passed,
         nan=nan,

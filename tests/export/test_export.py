@@ -80,9 +80,12 @@ def test_tampered_graph_is_detected(fp32_export, tmp_path):
 
 
 def test_parity_failure_is_an_error_and_keeps_no_graphs(tmp_path, monkeypatch):
-    from dcae_deploy.export import gate as parity
+    import dataclasses
 
-    monkeypatch.setitem(parity.REL_L2, "fp32", 0.0)  # an impossible gate: every comparison must now fail
+    from dcae_deploy import precisions
+
+    # an impossible gate: every comparison must now fail
+    monkeypatch.setitem(precisions.PRECISIONS, "fp32", dataclasses.replace(precisions.PRECISIONS["fp32"], rel_l2=0.0))
     with pytest.raises(ParityError, match="parity checks failed"):
         export_model("tiny-f32c32-sana", tmp_path, components=["decoder"], **TINY_PROFILE)
     # the failed report never takes the name of a valid export's report (parity.json describes the graphs beside it)

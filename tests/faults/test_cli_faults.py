@@ -78,9 +78,9 @@ def test_torch_on_cuda_without_cuda_is_a_clear_error(demo_weights, tmp_path, cap
 
 @pytest.mark.parametrize("main, argv, message", [
     (generate_main, [*PROMPT, "--engine-dir", "{tmp}", "--output", "{tmp}/x.png"],
-     "--backend onnxruntime does not use"),
+     "--backend auto (the default) does not take"),
     (generate_main, [*PROMPT, "--artifacts", "{tmp}", "--checkpoint", "{tmp}", "--output", "{tmp}/x.png"],
-     "--checkpoint names PyTorch weights, which --backend onnxruntime does not use"),
+     "--checkpoint names PyTorch weights, which --backend auto (the default) does not take"),
     (parity_main, ["--artifacts", "{tmp}", "--engine-dir", "{tmp}"], "--backends has no tensorrt"),
     (evaluate_main, ["--backend", "onnxruntime", "--num-prompts", "1"], "add --artifacts EXPORT_DIR"),
     (evaluate_main, ["--num-prompts", "0", "--reconstruction-images", "0"], "nothing to evaluate"),

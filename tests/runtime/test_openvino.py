@@ -190,7 +190,7 @@ def test_generate_refuses_openvino_flags_on_another_backend(artifacts_dir, tmp_p
 
     argv = ["--artifacts", str(artifacts_dir), "--prompt", "a red circle", "--output", str(tmp_path / "x.png")]
     assert run_cli(main, [*argv, "--ov-precision", "bf16"]) == 1
-    assert "--ov-precision sets OpenVINO, which --backend onnxruntime does not use: add --backend openvino" in \
+    assert "--ov-precision sets OpenVINO, which --backend auto (the default) does not take: add --backend openvino" in \
         capsys.readouterr().err
     assert run_cli(main, [*argv, "--backend", "openvino", "--ov-device", "TPU"]) == 1
     assert "unknown OpenVINO device 'TPU'" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from dcae_deploy.manifest import Component
+from dcae_deploy.precisions import ORT_QDQ_DISABLED_OPTIMIZERS, QUANTIZED
 from dcae_deploy.runtime.errors import BackendError
 from dcae_deploy.runtime.ort_graph import load_rewritten
 from dcae_deploy.runtime.runners.base import Binding, Runner
@@ -118,14 +119,16 @@ class OnnxRuntimeRunner(Runner):
             options.optimized_model_filepath = t.optimized_model_filepath
         source: str | bytes = str(self.graph)
         rewrites: dict[str, int] = {}
-        if (not self._cuda if t.rewrite_graph is None else t.rewrite_graph) and self.graph.is_file():
+        quantized = self.precision in QUANTIZED  # a Q/DQ graph: ORT fuses its own int8 kernels; no rewrites
+        if (not self._cuda if t.rewrite_graph is None else t.rewrite_graph) and self.graph.is_file() and not quantized:
             loaded = load_rewritten(self.graph)
             if loaded is not None:
                 source, rewrites = loaded
         self.report = {**asdict(t), "intra_op_num_threads": options.intra_op_num_threads,
                        "graph_rewrite": {k: v for k, v in rewrites.items() if v} or None}
         try:
-            self._session = ort.InferenceSession(source, options, providers=providers)
+            extra = {"disabled_optimizers": list(ORT_QDQ_DISABLED_OPTIMIZERS)} if quantized else {}
+            self._session = ort.InferenceSession(source, options, providers=providers, **extra)
         except Exception as exc:  # ORT raises its own Fail / InvalidGraph / NotImplemented types
             hint = " (ONNX Runtime's CPU EP has no bf16 convolution: use an fp32/fp16 export or a GPU)" if (
                 self.precision == "bf16" and not self._cuda

@@ -1,0 +1,134 @@
+"""Quantized graphs: ONNX Runtime's static quantizer turns an exported fp32 graph into a Q/DQ graph.
+
+The Q/DQ ("quantize-dequantize") format is the one every runtime here consumes: TensorRT and TensorRT-RTX fuse
+the pairs into int8 / fp8 kernels (explicit quantization), ONNX Runtime's CPU EP into its int8 kernels, OpenVINO
+into int8 (its low-precision transformations). Settings, chosen for TensorRT:
+
+* symmetric quantization (zero point 0) of activations (per tensor) and weights (per output channel for int8,
+  per tensor for fp8 E4M3), activations calibrated by min/max (int8) or ONNX Runtime's distribution method (fp8,
+  which requires it) over the calibration set of :mod:`dcae_deploy.export.calibration`;
+* only layers with weights are quantized (Conv, MatMul and Gemm against an initializer): linear attention's
+  activation-by-activation MatMuls, normalisations, softmax and every other op stay float32 islands.
+
+NVIDIA ModelOpt's ONNX PTQ writes the same format but pins onnxruntime-gpu and an older onnx; ONNX Runtime's
+quantizer ships with the onnxruntime this package already needs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dcae_deploy.errors import DcaeDeployError
+from dcae_deploy.precisions import ORT_QDQ_DISABLED_OPTIMIZERS, Precision
+
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+# layers kept float by the module they come from (the exporter's name scopes): the embeddings of timestep, class,
+# caption and patches, and the output projections. They are a small share of the compute and carry what the rest
+# depends on (demo denoiser, held-out trajectory steps: max relative L2 0.171 -> 0.146 with them float).
+# And the value projection of SANA's ReLU linear self-attention: with both its key and value projections int8,
+# OpenVINO 2026.4's low-precision transformations return NaN (demo denoiser; ONNX Runtime is right, within 0.04 of
+# fp32); with the value projection float OpenVINO and ONNX Runtime agree to 1e-4.
+FLOAT_SCOPES = ("embed", "caption_projection", "proj_out", "final_layer", "decoder_pred", "attn1.to_v")
+EXTERNAL_DATA_BYTES = 1_800_000_000  # past this, the quantized graph keeps its weights in a .data file (protobuf 2 GB)
+
+
+def log(message: str) -> None:
+    print(f"[export] {message}", file=sys.stderr, flush=True)
+
+
+def weighted_nodes(model) -> tuple[list[str], int]:
+    """(names of the nodes to quantize, how many weighted layers stay float): Conv / MatMul / Gemm whose second
+    input is a weight (an initializer), except those of :data:`FLOAT_SCOPES`."""
+    weights = {i.name for i in model.graph.initializer}
+    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    weighted = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and n.input[1] in weights]
+    chosen = [n.name for n in weighted if not any(key in _scope(n) for key in FLOAT_SCOPES)]
+    return chosen, len(weighted) - len(chosen)
+
+
+def _scope(node) -> str:
+    """The PyTorch module path the dynamo exporter recorded for ``node`` ('' when absent)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            return prop.value
+    return ""
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of named numpy inputs."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+    def rewind(self) -> None:  # pragma: no cover - ORT calls it only for some methods
+        pass
+
+
+def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]], precision: Precision,
+                   component: str) -> dict[str, Any]:
+    """Write the Q/DQ graph of ``source`` to ``target`` calibrated on ``feeds``; return what was done (manifest)."""
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(source), load_external_data=False)
+    nodes, kept_float = weighted_nodes(model)
+    if not nodes:
+        raise DcaeDeployError(f"{component}: the graph has no Conv / MatMul / Gemm with weights to quantize; export it "
+                              "with a float precision")
+    fp8 = precision.quantized == "fp8"
+    kind = QuantType.QFLOAT8E4M3FN if fp8 else QuantType.QInt8
+    method = CalibrationMethod.MinMax
+    external = sum(f.stat().st_size for f in source.parent.glob(source.name + "*")) > EXTERNAL_DATA_BYTES
+    start = time.perf_counter()
+    log(f"{component}: quantizing {len(nodes)} weighted layers to {precision.quantized}, {kept_float} kept float (ONNX Runtime "
+        f"{onnxruntime.__version__}, Q/DQ, {method.name} calibration on {len(feeds)} samples) ...")
+    del model
+    try:
+        quantize_static(
+            str(source), str(target), _Reader(feeds),
+            quant_format=QuantFormat.QDQ, activation_type=kind, weight_type=kind, per_channel=not fp8,
+            nodes_to_quantize=nodes, op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=method,
+            use_external_data_format=external,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    except DcaeDeployError:
+        raise
+    except Exception as exc:  # the quantizer raises plain ValueError / RuntimeError / ORT's own types
+        raise DcaeDeployError(f"{component}: ONNX Runtime's quantizer failed ({type(exc).__name__}: {exc})") from exc
+    log(f"{component}: quantized in {time.perf_counter() - start:.1f} s")
+    return {
+        "tool": f"onnxruntime.quantization.quantize_static {onnxruntime.__version__}",
+        "format": "QDQ",
+        "activations": f"{precision.quantized} symmetric, per tensor, {method.name} calibration",
+        "weights": f"{precision.quantized} symmetric, {'per tensor' if fp8 else 'per output channel'}",
+        "quantized_layers": len(nodes),
+        "float_layers": kept_float,
+        "float_islands": "every op but Conv / MatMul / Gemm with weights (attention products, norms, activations), "
+                         f"and the weighted layers of {', '.join(FLOAT_SCOPES)}",
+    }
+
+
+def graph_files(target: Path) -> list[Path]:
+    """The quantized graph and its external data file, if it has one."""
+    return [p for p in (target, target.with_name(target.name + ".data")) if p.is_file()]
+
+
+def ort_session(path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session of a Q/DQ graph (see ``ORT_QDQ_DISABLED_OPTIMIZERS``)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(ORT_QDQ_DISABLED_OPTIMIZERS))
