@@ -407,7 +407,7 @@ def _quantize(config, parts: PipelineModels, specs: list[ComponentSpec], exporte
         files = {f.name: sha256_file(f) for f in graph_files(target)}
         extra = {k: v for k, v in component.files.items() if not k.startswith(component.file)}  # tokenizer files
         components[name] = component_record(spec_of[name], precision, component.file, {**files, **extra})
-        session = ort_session(target)
+        session = ort_session(target, precision)
         spec = spec_of[name]
         for feeds in calib.held_out[name]:
             expected = torch_output(config, name, parts, feeds)

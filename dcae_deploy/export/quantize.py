@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.precisions import ORT_QDQ_DISABLED_OPTIMIZERS, Precision
+from dcae_deploy.precisions import ORT_OPTIMIZATION_LIMIT, ORT_QDQ_DISABLED_OPTIMIZERS, Precision
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # layers kept float by the module they come from (the exporter's name scopes): the embeddings of timestep, class,
@@ -74,7 +74,12 @@ class _Reader:
 
 def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]], precision: Precision,
                    component: str) -> dict[str, Any]:
-    """Write the Q/DQ graph of ``source`` to ``target`` calibrated on ``feeds``; return what was done (manifest)."""
+    """Write the Q/DQ graph of ``source`` to ``target`` calibrated on ``feeds``; return what was done (manifest).
+
+    fp8 starts as the int8 graph (min/max calibration) and rescales every pair to E4M3 (:func:`int8_to_fp8`):
+    ONNX Runtime's own fp8 recipe sets scales from each tensor's standard deviation rather than its range, and its
+    graphs miss the gate by far (tiny autoencoder decoder, held-out photographs: 13.7 dB).
+    """
     import onnx
     import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -85,30 +90,35 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]
         raise DcaeDeployError(f"{component}: the graph has no Conv / MatMul / Gemm with weights to quantize; export it "
                               "with a float precision")
     fp8 = precision.quantized == "fp8"
-    kind = QuantType.QFLOAT8E4M3FN if fp8 else QuantType.QInt8
-    method = CalibrationMethod.MinMax
     external = sum(f.stat().st_size for f in source.parent.glob(source.name + "*")) > EXTERNAL_DATA_BYTES
     start = time.perf_counter()
-    log(f"{component}: quantizing {len(nodes)} weighted layers to {precision.quantized}, {kept_float} kept float (ONNX Runtime "
-        f"{onnxruntime.__version__}, Q/DQ, {method.name} calibration on {len(feeds)} samples) ...")
+    log(f"{component}: quantizing {len(nodes)} weighted layers to {precision.quantized}, {kept_float} kept float "
+        f"(ONNX Runtime {onnxruntime.__version__}, Q/DQ, min/max calibration on {len(feeds)} samples) ...")
     del model
+    int8_path = target.with_name(target.stem + ".int8.onnx") if fp8 else target
     try:
         quantize_static(
-            str(source), str(target), _Reader(feeds),
-            quant_format=QuantFormat.QDQ, activation_type=kind, weight_type=kind, per_channel=not fp8,
-            nodes_to_quantize=nodes, op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=method,
-            use_external_data_format=external,
+            str(source), str(int8_path), _Reader(feeds),
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            per_channel=True, nodes_to_quantize=nodes, op_types_to_quantize=list(QUANTIZED_OPS),
+            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )
     except DcaeDeployError:
         raise
     except Exception as exc:  # the quantizer raises plain ValueError / RuntimeError / ORT's own types
         raise DcaeDeployError(f"{component}: ONNX Runtime's quantizer failed ({type(exc).__name__}: {exc})") from exc
+    if fp8:
+        converted = int8_to_fp8(onnx.load(str(int8_path)), onnx.load(str(source)))
+        for path in graph_files(int8_path):
+            path.unlink()
+        onnx.save(converted, str(target), save_as_external_data=external, location=target.name + ".data")
     log(f"{component}: quantized in {time.perf_counter() - start:.1f} s")
     return {
-        "tool": f"onnxruntime.quantization.quantize_static {onnxruntime.__version__}",
+        "tool": f"onnxruntime.quantization.quantize_static {onnxruntime.__version__}"
+                + (" (int8), rescaled to float8 E4M3 by dcae_deploy.export.quantize.int8_to_fp8" if fp8 else ""),
         "format": "QDQ",
-        "activations": f"{precision.quantized} symmetric, per tensor, {method.name} calibration",
+        "activations": f"{precision.quantized} symmetric, per tensor, min/max calibration",
         "weights": f"{precision.quantized} symmetric, {'per tensor' if fp8 else 'per output channel'}",
         "quantized_layers": len(nodes),
         "float_layers": kept_float,
@@ -117,17 +127,86 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]
     }
 
 
+FP8_MAX = 448.0  # the largest float8 E4M3FN value
+INT8_MAX = 127.0
+
+
+def int8_to_fp8(model, fp32_model):
+    """The int8 Q/DQ ``model`` as float8 E4M3FN Q/DQ, in place: activation pairs keep their calibrated range
+    (scale * 127 / 448, zero point fp8 0); weights are requantized from ``fp32_model``'s float weights per tensor
+    (scale = max |w| / 448); int32 bias DQs become float initializers (TensorRT's fp8 layers take float bias)."""
+    import onnx
+    from ml_dtypes import float8_e4m3fn
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    originals = {i.name: i for i in fp32_model.graph.initializer}
+    replaced: dict[str, Any] = {}
+    dropped: list = []
+    done: set[str] = set()
+
+    def fp8_zero(name: str, like) -> None:
+        dims = list(like.dims)
+        replaced[name] = onnx.helper.make_tensor(name, onnx.TensorProto.FLOAT8E4M3FN, dims, [0.0] * max(1, int(np.prod(dims))))
+
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        data, scale, zero = node.input[0], node.input[1], node.input[2] if len(node.input) > 2 else ""
+        if node.op_type == "DequantizeLinear" and data in inits:
+            array = numpy_helper.to_array(inits[data])
+            if array.dtype == np.int32:  # a quantized bias: fold to float
+                value = array.astype(np.float32) * numpy_helper.to_array(inits[scale]).astype(np.float32)
+                replaced[node.output[0]] = numpy_helper.from_array(value, node.output[0])
+                dropped.append(node)
+                continue
+            original = originals.get(data[: -len("_quantized")] if data.endswith("_quantized") else data)
+            if original is None:
+                raise DcaeDeployError(f"fp8: cannot find the float weight of {data} in the fp32 graph")
+            weight = numpy_helper.to_array(original).astype(np.float32)
+            weight_scale = np.float32(max(float(np.abs(weight).max()), 1e-12) / FP8_MAX)
+            quantized = (weight / weight_scale).astype(float8_e4m3fn)
+            tensor = numpy_helper.from_array(quantized.astype(np.float32), data)
+            tensor.data_type = onnx.TensorProto.FLOAT8E4M3FN
+            tensor.ClearField("float_data")
+            tensor.raw_data = quantized.tobytes()
+            replaced[data] = tensor
+            replaced[scale] = numpy_helper.from_array(np.array(weight_scale, np.float32), scale)
+            if zero:
+                replaced[zero] = onnx.helper.make_tensor(zero, onnx.TensorProto.FLOAT8E4M3FN, [], [0.0])
+            for attr in list(node.attribute):
+                if attr.name == "axis":
+                    node.attribute.remove(attr)
+            continue
+        if scale in done:  # the pair's other node shares its scale and zero point
+            continue
+        done.add(scale)
+        replaced[scale] = numpy_helper.from_array(
+            (numpy_helper.to_array(inits[scale]).astype(np.float32) * (INT8_MAX / FP8_MAX)).astype(np.float32), scale)
+        if zero:
+            fp8_zero(zero, inits[zero])
+    for node in dropped:
+        graph.node.remove(node)
+    kept = [i for i in graph.initializer if i.name not in replaced]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + list(replaced.values()))
+    return model
+
+
 def graph_files(target: Path) -> list[Path]:
     """The quantized graph and its external data file, if it has one."""
     return [p for p in (target, target.with_name(target.name + ".data")) if p.is_file()]
 
 
-def ort_session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session of a Q/DQ graph (see ``ORT_QDQ_DISABLED_OPTIMIZERS``)."""
+def ort_session(path: Path, precision: str, threads: int | None = None):
+    """An ONNX Runtime CPU session of a Q/DQ graph (see ``ORT_QDQ_DISABLED_OPTIMIZERS``, ``ORT_OPTIMIZATION_LIMIT``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if precision in ORT_OPTIMIZATION_LIMIT:
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_OPTIMIZATION_LIMIT[precision])
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from dcae_deploy.manifest import Component
-from dcae_deploy.precisions import ORT_QDQ_DISABLED_OPTIMIZERS, QUANTIZED
+from dcae_deploy.precisions import ORT_OPTIMIZATION_LIMIT, ORT_QDQ_DISABLED_OPTIMIZERS, QUANTIZED
 from dcae_deploy.runtime.errors import BackendError
 from dcae_deploy.runtime.ort_graph import load_rewritten
 from dcae_deploy.runtime.runners.base import Binding, Runner
@@ -106,7 +106,8 @@ class OnnxRuntimeRunner(Runner):
             providers.insert(0, ("CUDAExecutionProvider", cuda_options))
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, t.graph_optimization_level)
+        level = ORT_OPTIMIZATION_LIMIT.get(self.precision, t.graph_optimization_level)
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = int(self.threads or 0)
         options.inter_op_num_threads = 1
