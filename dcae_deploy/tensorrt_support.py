@@ -141,6 +141,7 @@ class EngineInfo:
     manifest_sha256: str | None = None
     strongly_typed: bool = True
     host: str = ""
+    min_compute_capability: str | None = None  # "8.9" for fp8 plans (see PRECISION_MIN_COMPUTE_CAPABILITY)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +174,8 @@ class EngineInfo:
             "build_seconds": self.build_seconds,
             "built_at": self.built_at,
             "host": self.host,
+            # optional (absent from version-1 sidecars of other precisions): fp8 plans need compute capability 8.9+
+            **({"min_compute_capability": self.min_compute_capability} if self.min_compute_capability else {}),
         }
 
     @classmethod
@@ -204,6 +207,7 @@ class EngineInfo:
             manifest_sha256=manifest.get("sha256"),
             strongly_typed=bool(data.get("strongly_typed", True)),
             host=data.get("host", ""),
+            min_compute_capability=data.get("min_compute_capability"),
             raw=data,
         )
 
@@ -329,6 +333,31 @@ def stale_engines(engine_dir: str | Path, components: dict[str, Component],
 RTX_COMPUTE_CAPABILITIES = ((7, 5), (8, 0), (8, 6), (8, 9), (12, 0), (12, 1))
 #: A plan of TensorRT-RTX's portable default target (no --compute-capability) runs on 8.6 and later.
 RTX_PORTABLE_MIN = (8, 6)
+#: Precisions whose plans need a newer GPU than the flavour's own minimum: float8 (E4M3) Q/DQ graphs run on FP8
+#: tensor cores, compute capability 8.9 (Ada) and later (Hopper 9.0 and Blackwell with full TensorRT; 8.9 and 12.x
+#: with TensorRT-RTX, whose builder refuses fp8 for targets 7.5, 8.0 and 8.6: "Cannot compile for target(s) sm86,
+#: because the model contains HW-specific datatypes: fp8_e4m3"). int8 Q/DQ graphs need nothing beyond the flavour.
+PRECISION_MIN_COMPUTE_CAPABILITY: dict[str, tuple[int, int]] = {"fp8": (8, 9)}
+
+
+def precision_min_cc(precision: str) -> tuple[int, int] | None:
+    """The lowest compute capability that runs engines of ``precision`` (None: any the flavour runs on)."""
+    return PRECISION_MIN_COMPUTE_CAPABILITY.get(precision)
+
+
+def precision_cc_problem(precision: str, compute_capabilities: Iterable[tuple[int, int]], where: str) -> str | None:
+    """Why engines of ``precision`` cannot be for ``compute_capabilities``; None if they can.
+
+    ``where`` completes the sentence ("this is GPU 0 (..., compute capability 8.6)", "--compute-capability lists
+    8.6"). Said the same way by the builder (targets) and the runtime (the GPU it runs on).
+    """
+    need = precision_min_cc(precision)
+    too_old = sorted({cc for cc in compute_capabilities if need is not None and cc < need})
+    if not too_old:
+        return None
+    return (f"{precision} engines need compute capability {need[0]}.{need[1]} or later (FP8 tensor cores: Ada, "
+            f"Hopper, Blackwell), and {where}; GPUs below {need[0]}.{need[1]} need an export of another precision "
+            "(--precision int8, fp16 or bf16)")
 
 _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
 _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
@@ -511,8 +540,12 @@ def require_gpu(flavour: str | None = None) -> CudaDevice:
 
 
 def plan_device_problem(info: EngineInfo, device: CudaDevice) -> str | None:
-    """Why the plan described by ``info`` cannot run on ``device`` (its build target excludes that GPU), or None."""
+    """Why the plan described by ``info`` cannot run on ``device`` (its build target or its precision excludes that
+    GPU: fp8 plans need 8.9+, :data:`PRECISION_MIN_COMPUTE_CAPABILITY`), or None."""
     cc = device.compute_capability
+    too_old = precision_cc_problem(info.precision, [cc], f"this is {device.describe()}")
+    if too_old is not None:
+        return f"it is an {info.precision} engine: {too_old}"
     listed = [c for c in info.compute_capabilities if re.fullmatch(r"\d+\.\d", c)]
     target = re.fullmatch(r"sm(\d+)(\d)", info.target)
     if info.backend == TENSORRT_RTX and listed:

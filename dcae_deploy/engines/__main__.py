@@ -76,8 +76,9 @@ def _info(args: argparse.Namespace) -> None:
             print(f"{folder}: checked against {export / MANIFEST_FILE}: {state}")
         for name, info in infos.items():
             mark = "STALE " if name in stale else ""
+            needs = f" (needs compute capability {info.min_compute_capability}+)" if info.min_compute_capability else ""
             print(
-                f"{mark}{name}: {info.backend} {info.backend_version}, target {info.target}, {info.precision}, "
+                f"{mark}{name}: {info.backend} {info.backend_version}, target {info.target}, {info.precision}{needs}, "
                 f"{info.plan_bytes / 1e6:.1f} MB, from {info.onnx_file} ({info.variant})"
             )
             if name in stale:
@@ -118,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         "--compute-capability",
         default=None,
         metavar="CCS",
-        help=f"TensorRT-RTX GPU target: 'portable' (default, {PORTABLE_TARGET}: runs on 8.6, 8.9, 12.x and later), "
-        "a list such as 8.6,8.9,12.0, or 'current' (this machine's GPU). Turing (7.5) fails: no FP32 GEMM there",
+        help=f"TensorRT-RTX GPU target: 'portable' (default, {PORTABLE_TARGET}: runs on 8.6, 8.9, 12.x and later; "
+        "sm89+ for an fp8 export), a list such as 8.6,8.9,12.0, or 'current' (this machine's GPU). Turing (7.5) "
+        "fails: no FP32 GEMM there; fp8 exports need 8.9 or later",
     )
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="load tactic timings from FILE, save them back")
     p.add_argument("--output", default=None, metavar="ENGINE_ROOT", help="engine root (default: FOLDER/engines)")

@@ -5,6 +5,32 @@ one optimisation profile whose min/opt/max shapes come from the manifest. Plans 
 written atomically; a component whose build fails leaves nothing behind under its final names. Plans already in
 the engine folder that were built from other graphs (the export was re-exported since) are stale: the build
 says so and replaces those it builds, and warns about any it leaves (the runtime refuses them).
+
+Precisions and builder flags. Every network is created strongly typed
+(``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; TensorRT-RTX and TensorRT 11 know no other kind), so the graph
+alone decides each layer's type and no precision flag is ever set:
+
+* fp32 / fp16 / bf16: the graph's float type;
+* int8 / fp8 (:mod:`dcae_deploy.precisions`): float32 graphs with QuantizeLinear/DequantizeLinear pairs, i.e.
+  explicit quantization. The scales are in the graph, so there is no calibrator (trtexec: never ``--calib``);
+  strongly typed, TensorRT fuses each Q/DQ pair into its int8 / fp8 kernels and keeps the float32 islands float32,
+  which is NVIDIA's recommended way ("use explicit quantization with strong typing; precision-control build flags
+  are not required and should not be specified"). ``BuilderFlag.INT8`` / ``FP8`` (trtexec ``--int8`` /
+  ``--fp8``) are what weakly typed networks need to accept the Q/DQ pairs, not strongly typed ones; ``FP16``
+  would let a weakly typed build run the float32 islands in fp16, outside what the parity gate measured.
+  ``build_engines.sh`` (:mod:`dcae_deploy.engines.script`) passes the same: ``--stronglyTyped`` to trtexec, no
+  precision flag to either tool.
+* A TensorRT too old to have ``STRONGLY_TYPED`` (8.x) builds weakly typed with the one flag the graph needs
+  (:data:`WEAKLY_TYPED_FLAGS`: FP16, BF16, INT8 or FP8); the sidecar then says ``strongly_typed: false``.
+
+fp8 engines need compute capability 8.9 or later (FP8 tensor cores): an fp8 export's TensorRT-RTX portable target
+is ``sm89+`` and a target below 8.9 is refused before building (:func:`~dcae_deploy.engines.common.resolve_target`);
+the sidecar records ``min_compute_capability`` ("8.9"), and the runtime refuses an older GPU in words
+(:func:`~dcae_deploy.tensorrt_support.plan_device_problem`).
+
+Quantized graphs whose biases are DequantizeLinear nodes of int32 constants (ONNX Runtime's default bias
+quantization) do not parse: TensorRT's DequantizeLinear takes int8 / fp8 / int4 / fp4 inputs only. The parser's
+error is then explained (:func:`_parse_hint`).
 """
 
 from __future__ import annotations
@@ -12,6 +38,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import platform
+import re
 import sys
 import threading
 import time
@@ -30,7 +57,7 @@ from dcae_deploy.engines.common import (
 )
 from dcae_deploy.engines.sidecar import list_engine_dirs
 from dcae_deploy.manifest import Component, Manifest, read_manifest, sha256_file
-from dcae_deploy.tensorrt_support import PLAN_SUFFIX, SIDECAR_SUFFIX, EngineInfo, stale_engines
+from dcae_deploy.tensorrt_support import PLAN_SUFFIX, SIDECAR_SUFFIX, EngineInfo, precision_min_cc, stale_engines
 
 _STATUS_WIDTH = 100  # characters of the in-place progress line on a terminal
 # Enough of the backend's error log to explain a failed build without flooding the terminal.
@@ -70,7 +97,7 @@ def build_engines(
     manifest = read_manifest(folder, verify=True)
     selected = _select_components(manifest, components)
     flavour = load_flavour(backend)
-    target = resolve_target(flavour, compute_capability)
+    target = resolve_target(flavour, compute_capability, manifest.precision)
     engine_dir = Path(output) if output is not None else folder / "engines"
     engine_dir = engine_dir / engine_folder_name(flavour, target, manifest.precision)
     cache_path = Path(timing_cache) if timing_cache is not None else None
@@ -92,12 +119,13 @@ def build_engines(
             f"target {target.name}, {manifest.precision})",
         )
         start = time.perf_counter()
-        plan, cache_bytes = _build_one(
-            flavour, target, component, onnx_path, cache_bytes, progress=progress, verbose=verbose, stream=stream
+        plan, cache_bytes, strongly_typed = _build_one(
+            flavour, target, component, onnx_path, cache_bytes, manifest.precision, progress=progress,
+            verbose=verbose, stream=stream,
         )
         seconds = time.perf_counter() - start
         infos[component.name] = _write_engine(
-            engine_dir, plan, component, manifest, manifest_sha, folder, flavour, target, seconds
+            engine_dir, plan, component, manifest, manifest_sha, folder, flavour, target, seconds, strongly_typed
         )
         _say(stream, f"  {component.name}: {infos[component.name].plan_bytes / 1e6:.1f} MB plan in {seconds:.1f} s")
     if cache_path is not None and cache_bytes is not None:
@@ -154,29 +182,32 @@ def _build_one(
     component: Component,
     onnx_path: Path,
     cache_bytes: bytes | None,
+    precision: str,
     *,
     progress: bool,
     verbose: bool,
     stream: IO[str],
-) -> tuple[memoryview, bytes | None]:
-    """Parse, configure and build one component; return the plan bytes and the updated timing cache."""
+) -> tuple[memoryview, bytes | None, bool]:
+    """Parse, configure and build one component; return the plan bytes, the updated timing cache and whether the
+    network was strongly typed."""
     trt = flavour.trt
     logger = _make_logger(trt, verbose, stream)
     builder = trt.Builder(logger)
-    flags = 0
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if strongly_typed is not None:  # TensorRT 10; TensorRT 11 and TensorRT-RTX keep it or make it the only mode
-        flags |= 1 << int(strongly_typed)
-    network = builder.create_network(flags)
+    creation_flags, builder_flags, strongly_typed = network_flags(flavour, precision)
+    network = builder.create_network(creation_flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [_format_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+        errors = errors or logger.errors
         raise EngineBuildError(
-            f"{flavour.name} {flavour.version} cannot parse {onnx_path}:\n  " + "\n  ".join(errors or logger.errors)
+            f"{flavour.name} {flavour.version} cannot parse {onnx_path}:\n  " + "\n  ".join(errors)
+            + _parse_hint(errors + logger.errors, precision)
         )
     _check_io_names(network, component, onnx_path)
 
     config = builder.create_builder_config()
+    for flag in builder_flags:
+        config.set_flag(flag)
     _add_profile(builder, config, network, component, onnx_path)
     _set_target(trt, config, target)
     cache = _attach_timing_cache(config, cache_bytes, stream) if cache_bytes is not None else None
@@ -198,7 +229,7 @@ def _build_one(
         detail = "\n  ".join(logger.errors[-_MAX_LOGGED_ERRORS:]) or "no error message from the builder"
         raise EngineBuildError(
             f"{flavour.name} {flavour.version} failed to build {component.name} from {onnx_path} "
-            f"(target {target.name}):\n  {detail}"
+            f"(target {target.name}, {precision}):\n  {detail}" + _build_hint(logger.errors, precision)
         )
     plan = memoryview(serialized).cast("B")  # no copy: plans of full-size models are hundreds of MB
     if not plan.nbytes:
@@ -206,7 +237,54 @@ def _build_one(
     new_cache = None
     if cache is not None:
         new_cache = bytes(memoryview(config.get_timing_cache().serialize()))
-    return plan, new_cache if new_cache is not None else cache_bytes
+    return plan, new_cache if new_cache is not None else cache_bytes, strongly_typed
+
+
+#: The builder flag a weakly typed network needs for each precision's graph (only for a TensorRT without
+#: ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``): Q/DQ pairs of int8 / float8 and the fp16 / bf16 graph types
+#: are refused without them. Strongly typed networks take none.
+WEAKLY_TYPED_FLAGS: dict[str, tuple[str, ...]] = {"fp16": ("FP16",), "bf16": ("BF16",), "int8": ("INT8",),
+                                                  "fp8": ("FP8",)}
+
+
+def network_flags(flavour: TensorRTFlavour, precision: str) -> tuple[int, list[Any], bool]:
+    """``(create_network flags, builder flags, strongly typed)`` for an export of ``precision``: strongly typed
+    with no builder flag wherever the flavour can (see the module docstring), else weakly typed with
+    :data:`WEAKLY_TYPED_FLAGS`."""
+    trt = flavour.trt
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is not None:  # TensorRT 9.x/10; TensorRT 11 and TensorRT-RTX keep it or make it the only mode
+        return 1 << int(strongly_typed), [], True
+    flags = []
+    for name in WEAKLY_TYPED_FLAGS.get(precision, ()):
+        flag = getattr(trt.BuilderFlag, name, None)
+        if flag is None:
+            raise EngineBuildError(
+                f"{flavour.name} {flavour.version} has neither strongly typed networks nor BuilderFlag.{name}: it "
+                f"cannot build {precision} engines; install TensorRT 10 or later"
+            )
+        flags.append(flag)
+    return 0, flags, False
+
+
+def _parse_hint(errors: Sequence[str], precision: str) -> str:
+    """What to do about a parser failure that an export (not the user's machine) causes."""
+    text = "\n".join(errors)
+    if "DequantizeLinear" in text and re.search(r"\bInt32\b|\bINT32\b", text):
+        return ("\n(the graph dequantizes int32 constants: ONNX Runtime's quantizer stored the biases as int32 "
+                "(its QuantizeBias default), and TensorRT's DequantizeLinear takes only int8 / fp8 / int4 / fp4 "
+                f"inputs. Re-export with --precision {precision} using a dcae_deploy whose quantizer keeps biases "
+                "float32 (quantize_static extra option QuantizeBias=False))")
+    return ""
+
+
+def _build_hint(errors: Sequence[str], precision: str) -> str:
+    text = "\n".join(errors)
+    need = precision_min_cc(precision)
+    if need is not None and ("HW-specific datatypes" in text or "fp8" in text.lower()):
+        return (f"\n({precision} engines need a GPU of compute capability {need[0]}.{need[1]} or later; full "
+                "TensorRT builds for the GPU it runs on, TensorRT-RTX for --compute-capability)")
+    return ""
 
 
 def _format_parser_error(error: Any) -> str:
@@ -293,6 +371,7 @@ def _write_engine(
     flavour: TensorRTFlavour,
     target: BuildTarget,
     seconds: float,
+    strongly_typed: bool = True,
 ) -> EngineInfo:
     """Plan first, sidecar last, both atomic: a sidecar only ever describes a complete plan."""
     plan_path = engine_dir / f"{component.name}{PLAN_SUFFIX}"
@@ -313,7 +392,8 @@ def _write_engine(
         precision=manifest.precision,
         manifest_checkpoint=manifest.checkpoint,
         manifest_sha256=manifest_sha,
-        strongly_typed=True,
+        strongly_typed=strongly_typed,
+        min_compute_capability=_min_cc_text(manifest.precision),
         backend=flavour.name,
         backend_version=flavour.version,
         target=target.name,
@@ -328,6 +408,11 @@ def _write_engine(
     data = info.to_dict()
     write_json(sidecar_path, data)
     return EngineInfo.from_dict(data, engine_dir)
+
+
+def _min_cc_text(precision: str) -> str | None:
+    need = precision_min_cc(precision)
+    return f"{need[0]}.{need[1]}" if need is not None else None
 
 
 def _cc_text(member: str) -> str:
@@ -476,4 +561,4 @@ class _Spinner:
             self._stream.flush()
 
 
-__all__ = ["EngineBuildError", "build_engines"]
+__all__ = ["WEAKLY_TYPED_FLAGS", "EngineBuildError", "build_engines", "network_flags"]

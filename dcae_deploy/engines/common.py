@@ -22,6 +22,8 @@ from dcae_deploy.tensorrt_support import (
     TensorRTFlavour,
     TensorRTUnavailable,
     import_flavour,
+    precision_cc_problem,
+    precision_min_cc,
 )
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "detect_gpu_target",
     "engine_folder_name",
     "load_flavour",
+    "portable_target",
     "resolve_target",
+    "target_compute_capabilities",
 ]
 
 INSTALL_HINT = (
@@ -45,7 +49,9 @@ INSTALL_HINT = (
 )
 
 # Folder-name tag of a TensorRT-RTX build with no explicit compute capability: the library's portable
-# default, which runs on compute capability 8.6, 8.9, 12.0, 12.1 and later (Ampere and newer RTX GPUs).
+# default, which runs on compute capability 8.6, 8.9, 12.0, 12.1 and later (Ampere and newer RTX GPUs) "if the model
+# precisions are supported on the target architecture": an fp8 engine's portable build runs on 8.9 and later only
+# (:func:`portable_target` names it sm89+).
 PORTABLE_TARGET = "sm86+"
 
 
@@ -98,13 +104,32 @@ def _cc_label(member: str) -> str:
     return f"{digits[:-1]}.{digits[-1]}"
 
 
-def resolve_target(flavour: TensorRTFlavour, spec: str | None = None) -> BuildTarget:
+def portable_target(precision: str | None = None) -> str:
+    """The folder-name tag of TensorRT-RTX's portable default target for engines of ``precision``: ``sm86+``, or
+    ``sm89+`` for fp8 (the portable build skips the GPUs that lack the precision's kernels)."""
+    need = precision_min_cc(precision) if precision else None
+    return f"sm{need[0]}{need[1]}+" if need is not None and need > (8, 6) else PORTABLE_TARGET
+
+
+def resolve_target(flavour: TensorRTFlavour, spec: str | None = None, precision: str | None = None) -> BuildTarget:
     """Turn a ``--compute-capability`` value into a :class:`BuildTarget` for ``flavour``.
 
     TensorRT-RTX: ``None``/``"portable"`` -> the library default (8.6 and later, no GPU needed);
     ``"current"`` -> the GPU of this machine; ``"8.6,8.9,12.0"`` -> exactly those architectures.
     Full TensorRT always builds for the GPU it runs on, so it accepts only ``None``/``"current"``.
+
+    With ``precision`` (the export's), a target that a GPU too old for it belongs to is refused before anything is
+    built: fp8 needs compute capability 8.9+ (:data:`~dcae_deploy.tensorrt_support.PRECISION_MIN_COMPUTE_CAPABILITY`),
+    so an fp8 export's portable target is ``sm89+`` and ``--compute-capability 8.6`` (or a full-TensorRT build
+    on an 8.6 GPU) is an :class:`EngineBuildError` naming the precision, the target and what to do.
     """
+    target = _resolve_target(flavour, spec, precision)
+    if precision is not None:
+        _check_precision(flavour, target, precision)
+    return target
+
+
+def _resolve_target(flavour: TensorRTFlavour, spec: str | None, precision: str | None) -> BuildTarget:
     spec = spec.strip().lower() if spec else None
     if not flavour.is_rtx:
         if spec not in (None, "current"):
@@ -114,7 +139,7 @@ def resolve_target(flavour: TensorRTFlavour, spec: str | None = None) -> BuildTa
             )
         return BuildTarget(detect_gpu_target() or "gpu")
     if spec in (None, "portable", "default"):
-        return BuildTarget(PORTABLE_TARGET)
+        return BuildTarget(portable_target(precision))
     if spec == "current":
         return BuildTarget(detect_gpu_target() or "current", ("CURRENT",))
     supported = [m for m in flavour.trt.ComputeCapability.__members__ if m.startswith("SM")]
@@ -125,12 +150,47 @@ def resolve_target(flavour: TensorRTFlavour, spec: str | None = None) -> BuildTa
             raise EngineBuildError(
                 f"compute capability {token.strip()!r} is not a TensorRT-RTX {flavour.version} target; it supports "
                 f"{', '.join(_cc_label(m) for m in supported)} (RTX GPUs), 'current' (this machine's GPU) "
-                f"or 'portable' (the default: {PORTABLE_TARGET})"
+                f"or 'portable' (the default: {portable_target(precision)})"
             )
         if member not in chosen:
             chosen.append(member)
     chosen.sort(key=lambda m: int(m[2:]))
     return BuildTarget("-".join(m.lower() for m in chosen), tuple(chosen))
+
+
+def target_compute_capabilities(target: BuildTarget) -> list[tuple[int, int]]:
+    """The compute capabilities a target names (``SM86`` members, else a detected ``sm86`` GPU in its name);
+    empty for the portable default and for a GPU that could not be detected."""
+    members = [m for m in target.compute_capabilities if m.startswith("SM")]
+    names = [m.lower() for m in members] or [target.name]
+    found = []
+    for name in names:
+        match = re.fullmatch(r"sm(\d+)(\d)", name)
+        if match:
+            found.append((int(match.group(1)), int(match.group(2))))
+    return found
+
+
+def _check_precision(flavour: TensorRTFlavour, target: BuildTarget, precision: str) -> None:
+    need = precision_min_cc(precision)
+    ccs = target_compute_capabilities(target)
+    labels = ", ".join(f"{a}.{b}" for a, b in ccs if need is None or (a, b) < need)
+    if target.compute_capabilities and target.compute_capabilities != ("CURRENT",):
+        where = f"--compute-capability lists {labels}"
+    elif flavour.is_rtx:
+        where = f"this machine's GPU ('current') has compute capability {labels}"
+    else:
+        where = f"this machine's GPU, which full TensorRT builds for, has compute capability {labels}"
+    problem = precision_cc_problem(precision, ccs, where)
+    if problem is None:
+        return
+    fitting = ""
+    if flavour.is_rtx:
+        ok = [_cc_label(m) for m in flavour.trt.ComputeCapability.__members__
+              if m.startswith("SM") and (int(m[2:-1]), int(m[-1])) >= need]
+        fitting = (f"; TensorRT-RTX {flavour.version} builds {precision} for {', '.join(ok)} (or leave "
+                   f"--compute-capability out: the portable {portable_target(precision)} target)")
+    raise EngineBuildError(f"cannot build {precision} engines for target {target.name}: {problem}{fitting}")
 
 
 def detect_gpu_target() -> str | None:

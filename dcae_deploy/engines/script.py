@@ -3,6 +3,11 @@
 The script sits in the export folder and builds from the ONNX files next to it with ``trtexec``
 (full TensorRT) or ``tensorrt_rtx`` (the TensorRT-RTX tool, same flag syntax), using the manifest's
 min/opt/max shapes, so a user without Python can reproduce the engines on their own machine.
+
+Precision flags are those of :mod:`dcae_deploy.engines.build`: ``--stronglyTyped`` for trtexec and nothing for
+``tensorrt_rtx`` (strongly typed only) at every precision. A quantized export (int8 / fp8: Q/DQ graphs, explicit
+quantization) gets no ``--int8`` / ``--fp8`` (weakly typed flags) and never ``--calib`` (the scales are in the
+graph). An fp8 script refuses ``RTX_COMPUTE_CAPABILITIES`` below 8.9 and warns when trtexec's GPU is below 8.9.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ import shlex
 from pathlib import Path
 
 from dcae_deploy.checkpoints import atomic_write
+from dcae_deploy.engines.common import portable_target
 from dcae_deploy.manifest import Component, Manifest
+from dcae_deploy.precisions import PRECISIONS
+from dcae_deploy.tensorrt_support import precision_min_cc
 
 SCRIPT_NAME = "build_engines.sh"
 
@@ -31,7 +39,9 @@ def shape_flags(component: Component) -> list[str]:
 
 
 def trtexec_command(component: Component, engine_path: str, timing_cache: str | None = None) -> list[str]:
-    """The ``trtexec`` argument list (after the program name) that builds ``component``'s engine."""
+    """The ``trtexec`` argument list (after the program name) that builds ``component``'s engine: strongly typed
+    at every precision, so no ``--fp16`` / ``--bf16`` / ``--int8`` / ``--fp8`` and no ``--calib`` (a quantized
+    graph carries its Q/DQ scales)."""
     args = [f"--onnx={component.file}", f"--saveEngine={engine_path}", *shape_flags(component)]
     args += ["--stronglyTyped", "--skipInference"]
     if timing_cache:
@@ -68,6 +78,37 @@ def render_build_script(manifest: Manifest) -> str:
         )
         for c in manifest.components.values()
     )
+    need = precision_min_cc(precision)
+    lowest = f"{need[0]}.{need[1]}" if need is not None and need > (8, 6) else "8.6"
+    quantized = PRECISIONS[precision].quantized if precision in PRECISIONS else None
+    precision_note = (
+        f"# The graphs are float32 with QuantizeLinear/DequantizeLinear pairs ({precision}, explicit quantization:\n"
+        "# the scales are in the graph): no calibration (--calib) and, strongly typed, no --int8 / --fp8 either.\n"
+        if quantized else ""
+    )
+    if need is not None:
+        floor, label = f"{need[0]}{need[1]}", f"{need[0]}.{need[1]}"
+        precision_note += (
+            f"# {precision} engines run only on GPUs of compute capability {label} or later: the default\n"
+            f"# TensorRT-RTX target is {portable_target(precision)}; RTX_COMPUTE_CAPABILITIES may not list anything "
+            f"below {floor}.\n"
+        )
+        needs = f"{precision} engines need compute capability {label} or later"
+        trt_guard = f"""  gpu_cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null \\
+    | head -n 1 | tr -d ' .' || true)"
+  if [ -n "$gpu_cc" ] && [ "$gpu_cc" -lt {floor} ] 2>/dev/null; then
+    echo "warning: {needs} and the first GPU has $gpu_cc: trtexec will fail there" >&2
+  fi
+"""
+        rtx_guard = f"""    for cc in ${{RTX_COMPUTE_CAPABILITIES//,/ }}; do
+      if [ "${{cc//./}}" -lt {floor} ] 2>/dev/null; then
+        echo "error: {needs}; RTX_COMPUTE_CAPABILITIES lists $cc" >&2
+        exit 2
+      fi
+    done
+"""
+    else:
+        trt_guard = rtx_guard = ""
     profiles = "\n".join(
         f"#   {c.name}: " + "; ".join(f"{name} min {p.min} opt {p.opt} max {p.max}" for name, p in c.profiles.items())
         for c in manifest.components.values()
@@ -85,10 +126,10 @@ def render_build_script(manifest: Manifest) -> str:
 # environment:
 #   TRTEXEC=/path/to/trtexec  TENSORRT_RTX=/path/to/tensorrt_rtx  (tools not on PATH)
 #   RTX_COMPUTE_CAPABILITIES=86,89,120  limit TensorRT-RTX engines to these GPUs (default: portable,
-#                                       compute capability 8.6 and later). Turing (75) cannot run these
+#                                       compute capability {lowest} and later). Turing (75) cannot run these
 #                                       graphs: TensorRT-RTX has no FP32 GEMM there (attention stays fp32)
 # The graphs carry their precision (strongly typed): no --fp16/--bf16 flags (TensorRT 11 removed them).
-set -euo pipefail
+{precision_note}set -euo pipefail
 cd "$(dirname "$0")"
 TRTEXEC="${{TRTEXEC:-trtexec}}"
 TENSORRT_RTX="${{TENSORRT_RTX:-tensorrt_rtx}}"
@@ -106,13 +147,13 @@ fi
 
 case "$tool" in
 trtexec)
-  mkdir -p {shlex.quote(trtexec_dir)}
+{trt_guard}  mkdir -p {shlex.quote(trtexec_dir)}
 {trt_calls}  ;;
 tensorrt_rtx)
   mkdir -p {shlex.quote(rtx_dir)}
   CC_FLAG=()
   if [ -n "${{RTX_COMPUTE_CAPABILITIES:-}}" ]; then
-    CC_FLAG=("--computeCapabilities=$RTX_COMPUTE_CAPABILITIES")
+{rtx_guard}    CC_FLAG=("--computeCapabilities=$RTX_COMPUTE_CAPABILITIES")
   fi
 {rtx_calls}  ;;
 *)

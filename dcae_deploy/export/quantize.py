@@ -60,16 +60,23 @@ def _scope(node) -> str:
 
 
 class _Reader:
-    """ONNX Runtime's CalibrationDataReader protocol over a list of named numpy inputs."""
+    """ONNX Runtime's CalibrationDataReader protocol over a list of named numpy inputs, with the ``__len__`` and
+    ``set_range`` its strided calibration uses: one sample per stride, so the calibrator reduces each sample's
+    intermediate tensors to their range before the next (all of them at once take tens of GB at 512 px; ORT's
+    ``CalibMaxIntermediateOutputs`` drops the samples it flushes instead of reducing them)."""
 
     def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._all = feeds
         self._feeds = iter(feeds)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._feeds = iter(self._all[start_index:end_index])
 
     def get_next(self):
         return next(self._feeds, None)
-
-    def rewind(self) -> None:  # pragma: no cover - ORT calls it only for some methods
-        pass
 
 
 def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]], precision: Precision,
@@ -102,7 +109,8 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             per_channel=True, nodes_to_quantize=nodes, op_types_to_quantize=list(QUANTIZED_OPS),
             calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibStridedMinMax": 1,
+                           "QuantizeBias": False},  # float biases: TensorRT refuses int32 DequantizeLinear
         )
     except DcaeDeployError:
         raise

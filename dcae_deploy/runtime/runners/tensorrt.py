@@ -214,6 +214,9 @@ class TensorRTRunner(Runner):
         except GpuUnavailable as exc:
             raise BackendError(str(exc)) from exc
         problem = plan_device_problem(info, device) if info is not None else None
+        needs = getattr(info, "min_compute_capability", None)  # fp8 plans: no rebuild helps below it
+        if problem is not None and needs and device.compute_capability < tuple(int(x) for x in needs.split(".")):
+            raise BackendError(f"{self.name}: engine {self.plan} cannot run here: {problem}")
         if problem is not None:
             raise BackendError(
                 f"{self.name}: engine {self.plan} cannot run here: {problem}. Rebuild it for this GPU: "
