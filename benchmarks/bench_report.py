@@ -61,17 +61,21 @@ def markdown(report: dict) -> str:
             notes.append(providers[0].replace("ExecutionProvider", " EP"))
         if not r.get("finite", True):
             notes.append("NON-FINITE output")
+        if r.get("psnr_vs_torch") is not None:
+            notes.append(f"PSNR {r['psnr_vs_torch']:.1f} dB")
         lines.append(
             f"{head} {_fmt(r['median_ms'])} | {_fmt(r['min_ms'])}..{_fmt(r['max_ms'])} | "
             f"{_fmt(r.get('speedup_vs_torch'), '.2f')}x | {_fmt(peak, '.0f')} | {_fmt(act, '.0f')} | "
             f"{_fmt(r.get('load_s'), '.1f')} | {_fmt(r.get('first_call_s'), '.2f')} | "
             f"{_fmt(r.get('rel_l2_vs_torch'), '.1e')} | {', '.join(notes)} |"
         )
-    goal = report.get("goal")
-    if goal and goal["rows"]:
+    for goal in (report.get("goal"), report.get("peer_goal")):
+        if not goal or not goal["rows"]:
+            continue
         lines += ["", f"Goal ({goal['description']}):", ""]
         for g in goal["rows"]:
-            lines.append(f"- {g['stage']} @ {g['resolution']}px: {g['speedup']:.2f}x -> "
+            via = f" ({g['backend']})" if g.get("backend") else ""
+            lines.append(f"- {g['stage']} @ {g['resolution']}px{via}: {g['speedup']:.2f}x -> "
                          f"{'MET' if g['met'] else 'NOT met'}")
     lines += ["", "Columns: see benchmarks/README.md. Configurations of each backend are in results.json (rows[].config).", ""]
     return "\n".join(lines)

@@ -47,11 +47,14 @@ sys.path.insert(0, str(HERE))
 from bench_report import write_reports  # noqa: E402
 from bench_worker import physical_cores  # noqa: E402
 
-ALL_BACKENDS = ("torch", "torch-cudagraph", "torch-compile", "onnxruntime", "onnxruntime-cpu", "tensorrt",
-                "openvino", "openvino-bf16", "openvino-defaults")
+ALL_BACKENDS = ("torch", "torch-bf16", "torch-cudagraph", "torch-compile", "onnxruntime", "onnxruntime-cpu", "tensorrt",
+                "openvino", "openvino-bf16", "openvino-defaults", "onnxruntime-int8", "openvino-int8")
+#: backends that run a quantized export of the same stage (exported and calibrated by this script, like the others)
+QUANTIZED_BACKENDS = {"onnxruntime-int8": "int8", "openvino-int8": "int8"}
 DEFAULT_BACKENDS = "torch,torch-cudagraph,torch-compile,onnxruntime,tensorrt"
 STAGE_ORDER = ("text_encoder", "denoiser", "encoder", "decoder")
-GRAPH_BACKENDS = ("onnxruntime", "onnxruntime-cpu", "tensorrt", "openvino", "openvino-bf16", "openvino-defaults")
+GRAPH_BACKENDS = ("onnxruntime", "onnxruntime-cpu", "tensorrt", "openvino", "openvino-bf16", "openvino-defaults",
+                  *QUANTIZED_BACKENDS)
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dcae_deploy" / "benchmarks"
 
 
@@ -151,7 +154,29 @@ def stage_spec(info: ModelInfo, stage: str, manifest):
     return component_spec(info.config, stage, None, res, tokenizer)
 
 
-def write_inputs(info: ModelInfo, stage: str, side: int, batch: int, manifest, folder: Path) -> Path:
+def photo_latent(info: ModelInfo, side: int, like, checkpoint: str | None):
+    """The latent of a photograph (scikit-image's astronaut) by the benchmark's own PyTorch encoder (its weights: the
+    checkpoint, or the exporter's random seed-0 weights), ``like``'s batch: quantized decoders are calibrated on such
+    latents, and their quality is only meaningful on them. Random latents where scikit-image is missing."""
+    import torch
+
+    from dcae_deploy.export.calibration import load_images
+    from dcae_deploy.models.pipeline import build_parts, load_parts
+
+    try:
+        image = load_images("photos", side, 1)[0]
+    except Exception as exc:  # no scikit-image
+        log(f"decoder inputs: random latents ({exc})")
+        return like
+    parts = (load_parts(info.config, checkpoint, roles=["autoencoder"]) if checkpoint
+             else build_parts(info.config, seed=0, roles=["autoencoder"]))
+    with torch.no_grad():
+        latent = parts.autoencoder.encode(torch.from_numpy(image))
+    return latent.repeat(like.shape[0], 1, 1, 1).to(like.dtype)
+
+
+def write_inputs(info: ModelInfo, stage: str, side: int, batch: int, manifest, folder: Path,
+                 checkpoint: str | None = None) -> Path:
     """The stage's inputs at ``side`` px, seeded (the same file feeds every backend)."""
     import torch
 
@@ -164,6 +189,8 @@ def write_inputs(info: ModelInfo, stage: str, side: int, batch: int, manifest, f
     arrays, roles = {}, {}
     for t in spec.inputs:
         x = t.make(point, gen)
+        if stage == "decoder" and t.name == "latent":
+            x = photo_latent(info, side, x, checkpoint)
         if t.sample == "mask":  # full rows: the worst case, and the same work on every backend
             x = torch.ones_like(x)
         arrays[t.name] = x.numpy()
@@ -190,22 +217,23 @@ def export_groups(info: ModelInfo, stages: list[str], sides: list[int], tile_abo
     return groups
 
 
-def ensure_export(args, info: ModelInfo, group: dict) -> Path:
+def ensure_export(args, info: ModelInfo, group: dict, precision: str | None = None) -> Path:
     from dcae_deploy.export import export_model
 
-    key = f"{args.model}|{args.precision}|{','.join(group['components'])}|{group['min']}|{group['opt']}|" \
+    precision = precision or args.precision
+    key = f"{args.model}|{precision}|{','.join(group['components'])}|{group['min']}|{group['opt']}|" \
           f"{group['max']}|{args.batch}|{args.checkpoint and str(Path(args.checkpoint).resolve())}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    name = f"{args.model}-{args.precision}-{'+'.join(group['components'])}-{group['min']}-{group['max']}-b{args.batch}-{digest}"
+    name = f"{args.model}-{precision}-{'+'.join(group['components'])}-{group['min']}-{group['max']}-b{args.batch}-{digest}"
     folder = Path(args.cache_dir) / name
     if (folder / "manifest.json").is_file() and not args.no_cache:
         log(f"reusing the export in {folder}")
         return folder
-    log(f"exporting {','.join(group['components'])} of {args.model} ({args.precision}, {group['min']}..{group['max']} px, "
+    log(f"exporting {','.join(group['components'])} of {args.model} ({precision}, {group['min']}..{group['max']} px, "
         f"{'random weights' if not args.checkpoint else args.checkpoint}) into {folder}")
     t0 = time.perf_counter()
     export_model(args.model, folder, checkpoint=args.checkpoint, components=group["components"],
-                 precision=args.precision, min_res=group["min"], opt_res=group["opt"], max_res=group["max"],
+                 precision=precision, min_res=group["min"], opt_res=group["opt"], max_res=group["max"],
                  max_batch=args.batch)
     log(f"export took {time.perf_counter() - t0:.1f} s")
     return folder
@@ -310,6 +338,46 @@ def relative_l2(a_path: str, b_path: str) -> float | None:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
+PEER = "openvino-defaults"  # what a CPU user gets from the peers: OpenVINO's own defaults on the plain graph
+PEER_TARGET = 2.0
+QUALITY = {"decoder": ("psnr_vs_torch", 40.0)}  # stage -> (row field, floor); other stages: relative L2 ceiling
+MAX_REL_L2 = 2e-2
+
+
+def meets_quality(row: dict) -> bool:
+    field, floor = QUALITY.get(row["stage"], (None, None))
+    if field is not None:
+        return (row.get(field) or 0.0) >= floor
+    return row.get("rel_l2_vs_torch") is not None and row["rel_l2_vs_torch"] <= MAX_REL_L2
+
+
+def peer_goal_rows(rows: list[dict]) -> dict | None:
+    """Per (stage, side) with a ``openvino-defaults`` row: our fastest backend that meets the quality floor (decoder
+    PSNR >= 40 dB, else relative L2 <= 2e-2 against PyTorch fp32), and its speedup over the peer's way."""
+    goal_rows = []
+    for peer in (r for r in rows if r["backend"] == PEER and r["status"] == "ok"):
+        ours = [r for r in rows if r["stage"] == peer["stage"] and r["resolution"] == peer["resolution"]
+                and r["status"] == "ok" and r["backend"] not in ("torch", "torch-bf16", PEER) and meets_quality(r)]
+        if ours:
+            best = min(ours, key=lambda r: r["median_ms"])
+            speedup = peer["median_ms"] / best["median_ms"]
+            goal_rows.append({"stage": peer["stage"], "resolution": peer["resolution"], "backend": best["backend"],
+                              "speedup": speedup, "met": speedup >= PEER_TARGET})
+    if not goal_rows:
+        return None
+    return {"description": f"CPU: our fastest path meeting the quality floor (decoder PSNR >= 40 dB, else rel L2 <= "
+                           f"{MAX_REL_L2:g}) at least {PEER_TARGET:g}x faster than {PEER} on the plain graph, same run",
+            "target": PEER_TARGET, "rows": goal_rows}
+
+
+def image_psnr(a_path: str, b_path: str) -> float | None:
+    """PSNR (dB) of decoded images in [-1, 1], as the export gate computes it."""
+    from dcae_deploy.export.gate import psnr_db
+
+    a, b = np.load(a_path), np.load(b_path)
+    return psnr_db(a, b) if a.shape == b.shape else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     info = ModelInfo(args.model)
@@ -345,25 +413,29 @@ def main(argv: list[str] | None = None) -> int:
 
     # exports (and engines) for the graph backends
     exports: dict[str, dict] = {}  # stage -> {"folder", "manifest", "max", "engine_dir", "engine_reason"}
+    quantized: dict[str, dict[str, dict]] = {}  # precision -> the same, of the quantized exports
     if any(b in GRAPH_BACKENDS for b in backends):
         from dcae_deploy.manifest import read_manifest
 
-        if args.artifacts:
-            manifest = read_manifest(args.artifacts, verify=False)
-            folders = [(Path(args.artifacts), manifest)]
-        else:
-            folders = []
+        wanted = [None] if any(b in GRAPH_BACKENDS and b not in QUANTIZED_BACKENDS for b in backends) else []
+        wanted += sorted({QUANTIZED_BACKENDS[b] for b in backends if b in QUANTIZED_BACKENDS})
+        folders = []
+        for precision in wanted:
+            if args.artifacts and precision is None:
+                folders.append((Path(args.artifacts), read_manifest(args.artifacts, verify=False), exports))
+                continue
             for group in export_groups(info, stages, sides, args.tile_above):
-                folder = ensure_export(args, info, group)
-                folders.append((folder, read_manifest(folder, verify=False)))
-        for folder, manifest in folders:
+                folder = ensure_export(args, info, group, precision)
+                folders.append((folder, read_manifest(folder, verify=False),
+                                exports if precision is None else quantized.setdefault(precision, {})))
+        for folder, manifest, table in folders:
             engine_dir, engine_reason = (None, None)
             if "tensorrt" in backends:
                 engine_dir, engine_reason = find_engines(args, folder, manifest.precision, cuda)
             for name in manifest.components:
                 if name in stages:
                     res = manifest.resolution
-                    exports[name] = {"folder": str(folder), "manifest": manifest, "min": res.get("min_res"),
+                    table[name] = {"folder": str(folder), "manifest": manifest, "min": res.get("min_res"),
                                      "max": res.get("max_res"), "engine_dir": engine_dir, "engine_reason": engine_reason,
                                      "weights": "random" if manifest.checkpoint is None else manifest.checkpoint}
 
@@ -377,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                 done_text = True
             export = exports.get(stage)
             manifest = export["manifest"] if export else None
-            inputs = write_inputs(info, stage, side, args.batch, manifest, work)
+            inputs = write_inputs(info, stage, side, args.batch, manifest, work, args.checkpoint)
             tile = None
             profile_max = export["max"] if export else args.tile_above
             if stage == "decoder" and profile_max and side > profile_max:
@@ -391,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
                        "ort": ort_options, "trt_flavour": args.trt_flavour,
                        "output": str(work / f"output-{stage}-{side}-{backend}.npy")}
                 if backend in GRAPH_BACKENDS:
+                    export = quantized.get(QUANTIZED_BACKENDS[backend], {}).get(stage) if backend in QUANTIZED_BACKENDS \
+                        else exports.get(stage)
                     if export is None:
                         job["artifacts_reason"] = f"the artifacts have no {stage} graph"
                     elif stage != "decoder" and not (export["min"] <= side <= export["max"]):
@@ -415,10 +489,13 @@ def main(argv: list[str] | None = None) -> int:
                         row["speedup_vs_torch"] = reference["median_ms"] / result["median_ms"]
                         if backend != "torch":
                             row["rel_l2_vs_torch"] = relative_l2(result["output"], reference["output"])
+                            if stage == "decoder":
+                                row["psnr_vs_torch"] = image_psnr(result["output"], reference["output"])
                 else:
                     log(f"  {result['status']}: {result.get('reason')}")
                 rows.append(row)
 
+    peer_goal = None if cuda else peer_goal_rows(rows)
     weights = "random (timing only: the numbers do not depend on the weights' values)" if not args.checkpoint else args.checkpoint
     goal = None
     if not cuda:
@@ -434,8 +511,11 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_name, "resolutions": sides, "stages": stages, "backends": backends,
         "repeats": args.repeats, "warmup": args.warmup, "threads": threads,
         "exports": {s: {k: v for k, v in e.items() if k != "manifest"} for s, e in exports.items()},
+        "quantized_exports": {p: {s: {k: v for k, v in e.items() if k != "manifest"} for s, e in table.items()}
+                              for p, table in quantized.items()},
         "environment": environment(args, cuda, threads),
         "goal": goal,
+        "peer_goal": peer_goal,
         "rows": rows,
     }
     paths = write_reports(report, out)

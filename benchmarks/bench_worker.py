@@ -324,7 +324,7 @@ class OpenVINOBackend(RunnerBackend):
     """The runtime's OpenVINO runner on the CPU: ``openvino`` f32 (the runtime's default), ``openvino-bf16``,
     ``openvino-defaults`` (no precision hint); no compiled-model cache, so load_s is a real compile."""
 
-    PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-defaults": "default"}
+    PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-defaults": "default", "openvino-int8": "f32"}
 
     def __init__(self, job: dict) -> None:
         from dcae_deploy.manifest import read_manifest
@@ -347,11 +347,13 @@ def make_backend(job: dict):
     name = job["backend"]
     if name == "torch":
         return TorchBackend(job, "eager")
+    if name == "torch-bf16":  # PyTorch eager computing in bfloat16 (the peers' CPU low-precision path)
+        return TorchBackend({**job, "precision": "bf16"}, "eager")
     if name == "torch-cudagraph":
         return TorchBackend(job, "cudagraph")
     if name == "torch-compile":
         return TorchBackend(job, "compile")
-    if name == "onnxruntime":
+    if name in ("onnxruntime", "onnxruntime-int8"):  # -int8: the same runner on the int8 export
         return OrtBackend(job, force_cpu=False)
     if name == "onnxruntime-cpu":
         return OrtBackend(job, force_cpu=True)

@@ -129,7 +129,43 @@ def parse_args(argv):
     p.add_argument("--chi-tokens", type=int, default=None, help="Gemma tokens of the instruction (default: estimated)")
     p.add_argument("--pipeline", default="sana-600m-t2i")
     p.add_argument("--out", default=None, help="folder for laptop_estimate.json and .md")
+    p.add_argument("--weights-from", action="append", default=[], metavar="STAGE=PATH",
+                   help="the real weight bytes of a stage (text_encoder, denoiser, decoder) instead of fp16 parameter "
+                   "counts: an export folder (its manifest's files of that component: an int8 / fp8 Q/DQ graph, say), "
+                   "an .onnx file (with its .data), or a TensorRT / TensorRT-RTX .plan (repeatable)")
+    p.add_argument("--bytes-per-weight", action="append", default=[], metavar="STAGE=N",
+                   help="counted weights at N bytes per parameter for a stage without a file (1: int8 / fp8, 0.5: int4 "
+                   "weight-only; default 2, fp16)")
     return p.parse_args(argv)
+
+
+STAGE_KEYS = {"text_encoder": ("text",), "denoiser": ("denoiser",), "decoder": ("decoder", "decoder_tiled")}
+
+
+def _stage_values(items: list[str], what: str) -> dict[str, str]:
+    values = {}
+    for item in items:
+        stage, sep, value = item.partition("=")
+        if not sep or stage not in STAGE_KEYS:
+            raise SystemExit(f"{what} {item!r}: expected STAGE=VALUE with STAGE one of {', '.join(STAGE_KEYS)}")
+        values[stage] = value
+    return values
+
+
+def file_weight_bytes(stage: str, path: Path) -> tuple[int, str]:
+    """(bytes, description) of the weights a stage would load from ``path``."""
+    if not path.exists():
+        raise SystemExit(f"--weights-from {stage}={path}: no such file or folder")
+    if path.is_dir():
+        manifest = json.loads((path / "manifest.json").read_text())
+        component = manifest["components"].get(stage)
+        if component is None:
+            raise SystemExit(f"--weights-from {stage}={path}: the export has no {stage} component")
+        files = [path / name for name in component["files"] if (path / name).suffix in (".onnx", ".data")
+                 or name.endswith(".onnx.data")]
+        return sum(f.stat().st_size for f in files), f"{manifest['precision']} export {path.name}"
+    files = [path] + ([path.with_name(path.name + ".data")] if path.with_name(path.name + ".data").is_file() else [])
+    return sum(f.stat().st_size for f in files), f"{path.suffix.lstrip('.')} file {path.name}"
 
 
 def main(argv=None) -> int:
@@ -179,6 +215,24 @@ def main(argv=None) -> int:
         (f"decoder (DC-AE f32c32) {side}px, untiled", "decoder", dec, 1, ANCHOR_EFFICIENCY["decoder"]),
         (f"decoder {side}px, {n_tiles} tiles of {args.tile}px", "decoder_tiled", dec_tile, n_tiles, ANCHOR_EFFICIENCY["decoder"]),
     ]
+    files = {stage: Path(v) for stage, v in _stage_values(args.weights_from, "--weights-from").items()}
+    per_weight = {stage: float(v) for stage, v in _stage_values(args.bytes_per_weight, "--bytes-per-weight").items()}
+    weight_source = {}
+    for stage, keys in STAGE_KEYS.items():
+        counted = {"text": text, "denoiser": step, "decoder": dec, "decoder_tiled": dec_tile}
+        if stage in files:
+            size, source = file_weight_bytes(stage, files[stage])
+        elif stage in per_weight:
+            size, source = None, f"{per_weight[stage]:g} bytes per parameter (counted)"
+        else:
+            continue
+        for key in keys:
+            c = counted[key]
+            new_size = size if size is not None else int(c["params"] * per_weight[stage])
+            if "weights_traffic" in c:
+                c["weights_traffic"] = c["weights_traffic"] * new_size / c["weights_bytes"]
+            c["weights_bytes"] = new_size
+        weight_source[stage] = source
     rows = []
     for label, key, c, calls, eff in stages:
         eff = args.efficiency or eff
@@ -208,7 +262,8 @@ def main(argv=None) -> int:
     assumptions = {
         "gpu": args.gpu, "fp16_dense_tflops": args.tflops, "bandwidth_gb_s": args.bandwidth,
         "bandwidth_efficiency": args.bandwidth_efficiency, "memory_gb": args.memory_gb, "reserved_gb": args.reserved_gb,
-        "precision": "fp16 weights and activations (TensorRT fp16 engines)",
+        "precision": "fp16 weights and activations (TensorRT fp16 engines), except the weights named below; FLOPs and "
+                     "activation bytes are counted in fp16 for every stage (int8 / fp8 kernels would run faster)",
         "compute_efficiency": "per stage from H100 torch.compile anchors (decoder %.2f, denoiser %.2f), Gemma 0.35 "
                               "(assumed)" % (ANCHOR_EFFICIENCY["decoder"], ANCHOR_EFFICIENCY["denoiser"])
                               if args.efficiency is None else args.efficiency,
@@ -217,7 +272,8 @@ def main(argv=None) -> int:
                                   f"({simulated_2048:.2f} GB with weights) scaled to the measured {ANCHOR_DECODER_2048_PEAK_GB} GB",
         "not_included": "weight loading from disk/PCIe (low-memory mode reloads each stage: ~5.2 GB Gemma at "
                         "~3-6 GB/s from NVMe), tokenizer, host<->device copies, scheduler arithmetic",
-        "weights": "fp16, parameter counts of the registered configs",
+        "weights": "fp16, parameter counts of the registered configs" + "".join(
+            f"; {stage}: {source}" for stage, source in weight_source.items()),
     }
     md = render(args, rows, summary, assumptions, usable)
     print(md)

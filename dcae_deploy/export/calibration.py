@@ -299,7 +299,9 @@ def _denoiser_inputs(c: _Context) -> tuple[list[Feeds], str]:
     runs = c.trajectories()
     c.held_out_steps = len(runs[-1][0])
     steps = [feeds for run, _ in runs for feeds in run]
-    return steps, f"{len(runs)} sampling trajectories of {len(runs[0][0])} steps at {c.side} px"
+    note = c.cache.get("trajectory_note")
+    return steps, (f"{len(runs)} sampling trajectories of {len(runs[0][0])} steps at {c.side} px"
+                   + (f", {note}" if note else ""))
 
 
 def _text_encoder_inputs(c: _Context) -> tuple[list[Feeds], str]:
@@ -335,14 +337,26 @@ def _text_trajectories(c: _Context) -> list[tuple[list[Feeds], np.ndarray]]:
         emb = c.call("text_encoder", {"input_ids": ids, "attention_mask": mask})
         return emb, select_positions(mask, emb.shape[1]).astype(np.int64)
 
+    if getattr(c.parts, "text_encoder", None) is None:  # the denoiser exported alone: no captions to encode
+        spec = c.specs["denoiser"]
+        point = {name: (2 if name == "batch" else opt) for name, (_, opt, _) in spec.dims.items()}
+
+        def conditioning(i):
+            sampled = dict(zip(spec.input_names, spec.sample_inputs(point, seed=2000 + i)))
+            return {k: sampled[k].numpy() for k in ("encoder_hidden_states", "encoder_attention_mask")}
+        c.cache["trajectory_note"] = "random caption embeddings (the text encoder is not part of this export)"
+    else:
+        negative, negative_mask = encode([""], instruction=False)
+
+        def conditioning(i):
+            emb, mask = encode([_captions(c)[i]])
+            return {"encoder_hidden_states": np.concatenate([negative, emb]).astype(np.float32),
+                    "encoder_attention_mask": np.concatenate([negative_mask, mask])}
     scale = c.parts.denoiser.config.timestep_scale if hasattr(c.parts.denoiser, "config") else 1.0
-    negative, negative_mask = encode([""], instruction=False)
     runs = []
     schedule = SAMPLERS[defaults.sampler].schedule(steps, shift=defaults.flow_shift)
-    for i, caption in enumerate(_captions(c)[:TRAJECTORIES]):
-        emb, mask = encode([caption])
-        states = {"encoder_hidden_states": np.concatenate([negative, emb]).astype(np.float32),
-                  "encoder_attention_mask": np.concatenate([negative_mask, mask])}
+    for i in range(TRAJECTORIES):
+        states = conditioning(i)
         side = c.side // c.ratio
         noise = np.random.default_rng([11, i]).standard_normal((1, channels, side, side)).astype(np.float32)
         recorded: list[Feeds] = []

@@ -54,3 +54,31 @@ def test_bench_stages_demo_64px(tmp_path):
 
     md = (out / "results.md").read_text()
     assert "| decoder | 64 |" in md and "x vs torch eager" in md and "n/a" in md
+
+
+def test_bench_stages_low_precision_backends_and_the_peer_goal(tmp_path):
+    """The issue-16 set in one run: PyTorch bf16, OpenVINO's defaults (the peer's way), and an int8 export on ONNX
+    Runtime and OpenVINO; decoder rows carry the image PSNR against PyTorch fp32, and the report the peer goal."""
+    pytest.importorskip("openvino", reason="the openvino package is not installed")
+    pytest.importorskip("skimage", reason="the decoder inputs and the int8 calibration use the scikit-image photos")
+    out = tmp_path / "out"
+    backends = "torch,torch-bf16,openvino,openvino-defaults,onnxruntime-int8,openvino-int8"
+    cmd = [sys.executable, str(SCRIPT), "--model", "tiny-f32c32-sana", "--resolution", "64", "--stages", "decoder",
+           "--backends", backends, "--repeats", "2", "--warmup", "1", "--threads", "1", "--device", "cpu",
+           "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    rows = {r["backend"]: r for r in report["rows"]}
+    for backend in backends.split(","):
+        assert rows[backend]["status"] == "ok", rows[backend]
+    assert rows["torch-bf16"]["config"]["dtype"] == "bfloat16"
+    assert rows["onnxruntime-int8"]["config"]["precision"] == "int8"
+    assert report["quantized_exports"]["int8"]["decoder"]["folder"] != report["exports"]["decoder"]["folder"]
+    for backend in ("openvino", "onnxruntime-int8", "openvino-int8", "torch-bf16"):
+        assert math.isfinite(rows[backend]["psnr_vs_torch"])
+    assert rows["openvino"]["psnr_vs_torch"] > 80  # f32: the same function
+    assert 20 < rows["onnxruntime-int8"]["psnr_vs_torch"] < 80  # quantized: close, not equal
+    goal = report["peer_goal"]
+    assert goal is not None and goal["rows"][0]["backend"] not in ("torch", "torch-bf16", "openvino-defaults")
+    assert "openvino-defaults" in (out / "results.md").read_text()
