@@ -94,6 +94,7 @@ def export_model(
     verbose: bool = False,
     calibration_images: str | Path | None = None,
     calibration_samples: int = DEFAULT_SAMPLES,
+    keep_float: tuple[str, ...] = (),
 ) -> Manifest:
     """Export ``components`` of ``variant`` to ONNX in ``output_dir``, run the parity gate, write the manifest.
 
@@ -117,6 +118,8 @@ def export_model(
             (:mod:`dcae_deploy.export.calibration`); checked before any work.
         calibration_samples: quantized precisions: how many images (and captions) to calibrate on, of which the
             last two are held out for the gate.
+        keep_float: quantized precisions: more layers to keep float, by module path (``conv_point`` keeps every
+            GLUMBConv output projection float); added to :data:`dcae_deploy.export.quantize.FLOAT_SCOPES`.
         min_res, opt_res, max_res, max_batch: the shape profile in image pixels. Defaults to 256/512/1024/4
             (a pipeline: its own image size as the optimum).
 
@@ -131,6 +134,8 @@ def export_model(
     if quantized:
         calibration_images = check_calibration_images(calibration_images)
         _check_samples(calibration_samples)
+    elif keep_float:
+        raise DcaeDeployError(f"--keep-float applies to quantized precisions (int8, fp8), not {precision}")
     res = default_resolution(config, min_res, opt_res, max_res, max_batch)
     res.validate(image_ratio(config))
     check_profile_size(config, names, res)  # before the folder, the checkpoint or any graph
@@ -161,7 +166,7 @@ def export_model(
         if quantized and not failed:
             report["fp32_graph_records"] = report["records"]
             exported, records, quantization = _quantize(config, parts, specs, exported, staging, precision, res.opt_res,
-                                                        calibration_images, calibration_samples)
+                                                        calibration_images, calibration_samples, tuple(keep_float))
             failed = [r for r in records if not r.passed]
             report.update(passed=not failed, records=[r.to_dict() for r in records])
             log(f"parity of the {precision} graphs against PyTorch fp32 on held-out real inputs:\n" + summarize(records))
@@ -387,7 +392,7 @@ def _check_samples(count) -> None:
 
 
 def _quantize(config, parts: PipelineModels, specs: list[ComponentSpec], exported: dict[str, Component],
-              staging: Path, precision: str, side: int, images: str, count: int):
+              staging: Path, precision: str, side: int, images: str, count: int, keep_float: tuple[str, ...]):
     """Quantize the gated fp32 graphs in ``staging`` to Q/DQ graphs of the same names, calibrated on real inputs;
     gate them on the held-out inputs. Returns (components, parity records, the manifest's ``quantization``)."""
     from dcae_deploy.export.quantize import graph_files, ort_session, quantize_graph
@@ -403,7 +408,7 @@ def _quantize(config, parts: PipelineModels, specs: list[ComponentSpec], exporte
                 (staging / file).replace(fp32_dir / file)
         target = staging / component.file
         layers[name] = quantize_graph(fp32_dir / component.file, target, calib.feeds[name], get_precision(precision),
-                                      name)
+                                      name, keep_float)
         files = {f.name: sha256_file(f) for f in graph_files(target)}
         extra = {k: v for k, v in component.files.items() if not k.startswith(component.file)}  # tokenizer files
         components[name] = component_record(spec_of[name], precision, component.file, {**files, **extra})

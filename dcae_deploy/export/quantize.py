@@ -41,13 +41,15 @@ def log(message: str) -> None:
     print(f"[export] {message}", file=sys.stderr, flush=True)
 
 
-def weighted_nodes(model) -> tuple[list[str], int]:
+def weighted_nodes(model, keep_float: tuple[str, ...] = ()) -> tuple[list[str], int]:
     """(names of the nodes to quantize, how many weighted layers stay float): Conv / MatMul / Gemm whose second
-    input is a weight (an initializer), except those of :data:`FLOAT_SCOPES`."""
+    input is a weight (an initializer), except those whose module path holds one of :data:`FLOAT_SCOPES` or
+    ``keep_float``."""
     weights = {i.name for i in model.graph.initializer}
     weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     weighted = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and n.input[1] in weights]
-    chosen = [n.name for n in weighted if not any(key in _scope(n) for key in FLOAT_SCOPES)]
+    scopes = FLOAT_SCOPES + tuple(keep_float)
+    chosen = [n.name for n in weighted if not any(key in _scope(n) for key in scopes)]
     return chosen, len(weighted) - len(chosen)
 
 
@@ -80,7 +82,7 @@ class _Reader:
 
 
 def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]], precision: Precision,
-                   component: str) -> dict[str, Any]:
+                   component: str, keep_float: tuple[str, ...] = ()) -> dict[str, Any]:
     """Write the Q/DQ graph of ``source`` to ``target`` calibrated on ``feeds``; return what was done (manifest).
 
     fp8 starts as the int8 graph (min/max calibration) and rescales every pair to E4M3 (:func:`int8_to_fp8`):
@@ -92,7 +94,7 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(source), load_external_data=False)
-    nodes, kept_float = weighted_nodes(model)
+    nodes, kept_float = weighted_nodes(model, keep_float)
     if not nodes:
         raise DcaeDeployError(f"{component}: the graph has no Conv / MatMul / Gemm with weights to quantize; export it "
                               "with a float precision")
@@ -131,7 +133,7 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]
         "quantized_layers": len(nodes),
         "float_layers": kept_float,
         "float_islands": "every op but Conv / MatMul / Gemm with weights (attention products, norms, activations), "
-                         f"and the weighted layers of {', '.join(FLOAT_SCOPES)}",
+                         f"and the weighted layers of {', '.join(FLOAT_SCOPES + tuple(keep_float))}",
     }
 
 

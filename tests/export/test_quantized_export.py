@@ -136,3 +136,27 @@ def test_missing_calibration_folder_is_refused_by_the_cli(tmp_path, capsys):
 def test_too_few_calibration_samples_are_refused(tmp_path):
     with pytest.raises(DcaeDeployError, match="--calibration-samples must be a whole number from 3"):
         export_model(VARIANT, tmp_path / "out", precision="int8", calibration_samples=2, **TINY)
+
+
+def test_keep_float_leaves_the_named_layers_unquantized():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dcae_deploy.export.quantize import weighted_nodes
+
+    def conv(name, scope):
+        node = helper.make_node("Conv", ["x", f"{name}.w"], [f"{name}.y"], name=name)
+        node.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=f"['', 'decoder', '{scope}', 'conv2d']")
+        return node
+
+    nodes = [conv("a", "decoder.up.0.conv_point"), conv("b", "decoder.up.0.conv_inverted"), conv("c", "decoder.conv_in")]
+    weights = [numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), f"{n}.w") for n in "abc"]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info(f"{n}.y", TensorProto.FLOAT, None) for n in "abc"], weights)
+    model = helper.make_model(graph)
+    assert weighted_nodes(model) == (["a", "b", "c"], 0)
+    assert weighted_nodes(model, ("conv_point",)) == (["b", "c"], 1)
+
+
+def test_keep_float_is_refused_for_float_precisions(tmp_path):
+    with pytest.raises(DcaeDeployError, match="--keep-float applies to quantized precisions"):
+        export_model(VARIANT, tmp_path / "out", precision="fp16", keep_float=("conv_point",), **TINY)
