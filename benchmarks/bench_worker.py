@@ -143,13 +143,15 @@ def physical_cores() -> int:
 
 def _torch_models(job: dict):
     """(module, fn over named torch inputs) of the job's stage: the weights the export used (seed 0) or the checkpoint."""
+    from dcae_deploy.family import roles_for
     from dcae_deploy.models.pipeline import build_parts, load_parts
     from dcae_deploy.registry import get_variant
     from dcae_deploy.specs import module_call
 
     config = get_variant(job["model"])
     checkpoint = job.get("checkpoint")
-    models = load_parts(config, checkpoint) if checkpoint else build_parts(config, seed=0)  # as the exporter does
+    roles = roles_for(config, [job["stage"]])  # only the stage's part, as the exporter builds it (same seed-0 weights)
+    models = load_parts(config, checkpoint, roles=roles) if checkpoint else build_parts(config, seed=0, roles=roles)
     module, fn = module_call(config, job["stage"], models)
     del models
     gc.collect()

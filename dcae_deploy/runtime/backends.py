@@ -337,8 +337,9 @@ def choose_backend(artifacts: Artifacts, options: BackendOptions | None = None) 
        (:func:`~dcae_deploy.tensorrt_support.gpu_problem`);
     2. ``onnxruntime`` on CUDA: ONNX Runtime has the CUDA execution provider and the driver sees a GPU;
     3. ``openvino`` on the CPU at f32 inference precision (never OpenVINO's own bf16 default: it misses the fp32
-       gate; a quantized export's float parts in f32): measured faster than ONNX Runtime on the CPU (f32c32-sana
-       decoder, 512 px: 8.5 s against 9.0 s), and it runs int8 Q/DQ graphs in int8;
+       gate; a quantized export's float parts in f32). On float graphs it is level with ONNX Runtime (f32c32-sana
+       decoder, 512 px, 2 cores: 8.5 s against 9.0 s in one run, 10.8 s against 9.5 s in another); on int8 Q/DQ
+       graphs it is 4x faster (3.2 s against 12.9 s, benchmarks/README.md), hence first;
     4. ``onnxruntime`` on the CPU.
     """
     return _usable(artifacts, options or BackendOptions())[0]
