@@ -6,6 +6,7 @@ Test modules import these with ``from helpers import ...`` (``tests/`` is on ``s
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -34,3 +35,11 @@ def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> to
             elif name.endswith("running_var"):
                 b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
     return model
+
+
+def copy_export(folder: Path, tmp_path: Path) -> Path:
+    """A private copy of a session export (without its engines, build script or OpenVINO cache), so that a test can
+    build into or tamper with it."""
+    dest = tmp_path / folder.name
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("engines", "*.sh", "openvino-cache"))
+    return dest

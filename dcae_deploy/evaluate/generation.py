@@ -43,7 +43,7 @@ import numpy as np
 
 from dcae_deploy.cli import check_output_file, check_seed
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.evaluate.ranks import add_run_options, run_on_ranks
+from dcae_deploy.evaluate.ranks import add_run_options, check_device, run_on_ranks, start_body
 
 #: the release's evaluation: 50,000 samples, labels from a CPU torch generator seeded 0
 RELEASE_NUM_SAMPLES = 50_000
@@ -236,14 +236,6 @@ def check_output_folder(path: str, flag: str) -> Path:
     return folder
 
 
-def check_device(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DcaeDeployError(f"--device cuda: torch {torch.__version__} sees no CUDA GPU here; use --device cpu")
-
-
 # --- the generator ------------------------------------------------------------------------------------------------
 
 
@@ -331,12 +323,7 @@ def evaluate(args, info) -> dict:
     from dcae_deploy.runtime.generation import GenerationConfig
     from dcae_deploy.runtime.progress import ProgressBar
 
-    def say(message: str) -> None:
-        if info.is_main:
-            print(f"[evaluate] {message}", file=sys.stderr, flush=True)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    say = start_body(args, info, "evaluate")
     device = "cuda" if info.device.type == "cuda" else "cpu"
     start_time = time.perf_counter()
     generator = open_generator(args, device, args.batch_size)
@@ -471,12 +458,7 @@ def fid_stats(args, info) -> dict:
     from dcae_deploy.metrics.inception import FEATURES, FIDInceptionV3
     from dcae_deploy.runtime.progress import ProgressBar
 
-    def say(message: str) -> None:
-        if info.is_main:
-            print(f"[fid-stats] {message}", file=sys.stderr, flush=True)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    say = start_body(args, info, "fid-stats")
     images, skipped, _ = select_images(args, say)
     if len(images) < 2:
         raise DcaeDeployError(f"--images {args.images}: {len(images)} usable image(s); statistics need at least 2")

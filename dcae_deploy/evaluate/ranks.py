@@ -8,7 +8,10 @@ and its error is printed once.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
+
+from dcae_deploy.errors import DcaeDeployError
 
 
 def add_run_options(p: argparse.ArgumentParser, threads_help: str, engine_dir: bool = True) -> None:
@@ -24,9 +27,33 @@ def add_run_options(p: argparse.ArgumentParser, threads_help: str, engine_dir: b
                    help="under torchrun: how long a process waits for the others before failing")
 
 
+def check_device(device: str) -> None:
+    """``--device cuda`` where torch sees no GPU: refused before any rank starts."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DcaeDeployError(f"--device cuda: torch {torch.__version__} sees no CUDA GPU here; use --device cpu")
+
+
 def run_on_ranks(args: argparse.Namespace, body: Callable[[argparse.Namespace, object], object]) -> int:
     """``body(args, info)`` on this process of the run (alone, or one rank under torchrun); the exit status."""
     from dcae_deploy.train.distributed import init_distributed, run_ranked
 
     info = init_distributed(None if args.device == "auto" else args.device, args.dist_timeout)
     return run_ranked(info, lambda: body(args, info))
+
+
+def start_body(args: argparse.Namespace, info, tag: str) -> Callable[[str], None]:
+    """A body's first step on each rank: torch's thread count from ``--threads``; returns ``say``, which prints
+    ``[tag] message`` on the main rank only."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def say(message: str) -> None:
+        if info.is_main:
+            print(f"[{tag}] {message}", file=sys.stderr, flush=True)
+
+    return say

@@ -34,7 +34,7 @@ import numpy as np
 
 from dcae_deploy.cli import check_output_file
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.evaluate.ranks import add_run_options, run_on_ranks
+from dcae_deploy.evaluate.ranks import add_run_options, check_device, run_on_ranks, start_body
 
 DEFAULT_METRICS = "psnr,ssim,lpips,fid"
 REFERENCE = "torch"
@@ -132,11 +132,7 @@ def check_arguments(args: argparse.Namespace) -> None:
                                   f"drop the flag to skip {'fid' if flag == '--inception-weights' else 'lpips'})")
     if args.json:
         check_output_file(args.json, "--json")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DcaeDeployError(f"--device cuda: torch {torch.__version__} sees no CUDA GPU here; use --device cpu")
+    check_device(args.device)
 
 
 # --- sources of reconstructions ---------------------------------------------------------------------------------
@@ -339,19 +335,12 @@ def select_images(args, say) -> tuple[list[Path], list[dict], int]:
 
 
 def evaluate(args, info) -> dict:
-    import torch
-
     from dcae_deploy.metrics.images import ImageError, load_image, to_model_input
     from dcae_deploy.metrics.reconstruction import ReconstructionEvaluator
     from dcae_deploy.runtime.progress import ProgressBar
     from dcae_deploy.train.distributed import sum_over_ranks
 
-    def say(message: str) -> None:
-        if info.is_main:
-            print(f"[evaluate] {message}", file=sys.stderr, flush=True)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    say = start_body(args, info, "evaluate")
     images, skipped_images, others = select_images(args, say)
     if info.world_size > len(images):
         raise DcaeDeployError(f"{len(images)} image(s) over {info.world_size} processes: run at most {len(images)}")

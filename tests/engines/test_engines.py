@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import copy_export
 
 from dcae_deploy.cli import run_cli
 from dcae_deploy.engines import (
@@ -72,29 +72,10 @@ def exported(tmp_path_factory):
     return make
 
 
-def _copy(folder: Path, tmp_path: Path) -> Path:
-    """A private copy of a session export, so that a test can build into or tamper with it."""
-    dest = tmp_path / folder.name
-    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("engines", "*.sh"))
-    return dest
-
-
-@pytest.fixture
-def trt_rtx(monkeypatch):
-    """The TensorRT-RTX module, with deserialisation made to fail the test (there is no GPU to run on)."""
-    trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx not installed")
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the engine builder must not deserialise engines (no GPU on a build machine)")
-
-    monkeypatch.setattr(trt, "Runtime", forbidden)
-    return trt
-
-
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_rtx_builds_on_cpu_with_sidecar(precision, exported, trt_rtx, tmp_path):
-    folder = _copy(exported(precision), tmp_path)
+    folder = copy_export(exported(precision), tmp_path)
     infos = build_engines(folder, backend="tensorrt-rtx", progress=True)
 
     info = infos["decoder"]
@@ -129,7 +110,7 @@ def test_rtx_builds_on_cpu_with_sidecar(precision, exported, trt_rtx, tmp_path):
 
 @pytest.mark.tensorrt
 def test_cli_build_explicit_targets_and_info(exported, trt_rtx, tmp_path, capsys):
-    folder = _copy(exported("fp16"), tmp_path)
+    folder = copy_export(exported("fp16"), tmp_path)
     out = tmp_path / "engine-root"
     argv = [
         "build",
@@ -158,7 +139,7 @@ def test_cli_build_explicit_targets_and_info(exported, trt_rtx, tmp_path, capsys
 @pytest.mark.tensorrt
 def test_failed_build_reports_backend_error_and_leaves_nothing(exported, trt_rtx, tmp_path):
     # TensorRT-RTX cannot compile FP32 GEMMs for Turing: a real builder failure, found in about a second.
-    folder = _copy(exported("fp32"), tmp_path)
+    folder = copy_export(exported("fp32"), tmp_path)
     with pytest.raises(EngineBuildError, match="(?s)failed to build decoder.*Turing"):
         build_engines(folder, backend="tensorrt-rtx", compute_capability="7.5", progress=False)
     engine_root = folder / "engines"
@@ -211,7 +192,7 @@ def test_unsupported_compute_capability_lists_choices(exported, trt_rtx, tmp_pat
 
 
 def test_tampered_onnx_is_refused(exported, tmp_path, capsys):
-    folder = _copy(exported("fp32"), tmp_path)
+    folder = copy_export(exported("fp32"), tmp_path)
     data = folder / "decoder.onnx"
     blob = bytearray(data.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
@@ -264,7 +245,7 @@ def test_engine_info_detects_changed_plan(tmp_path):
 
 
 def test_build_script_has_manifest_shapes_and_runs(exported, tmp_path, capsys):
-    folder = _copy(exported("bf16"), tmp_path)
+    folder = copy_export(exported("bf16"), tmp_path)
     manifest = read_manifest(folder)
     path = write_build_script(folder, manifest)
     assert path == folder / "build_engines.sh"
@@ -330,7 +311,7 @@ def test_build_script_has_manifest_shapes_and_runs(exported, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------------------
 @pytest.mark.tensorrt
 def test_rtx_leaves_timing_cache_alone(exported, trt_rtx, tmp_path, capsys):
-    folder = _copy(exported("fp32"), tmp_path)
+    folder = copy_export(exported("fp32"), tmp_path)
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"from full TensorRT")
     build_engines(folder, backend="tensorrt-rtx", timing_cache=cache, progress=False)
@@ -356,7 +337,7 @@ def t2i_export(tmp_path_factory):
 
 @pytest.mark.tensorrt
 def test_rtx_builds_every_t2i_component_with_all_input_profiles(t2i_export, trt_rtx, tmp_path):
-    folder = _copy(t2i_export, tmp_path)
+    folder = copy_export(t2i_export, tmp_path)
     manifest = read_manifest(folder)
     infos = build_engines(folder, backend="tensorrt-rtx", progress=False)
     assert sorted(infos) == ["decoder", "denoiser", "text_encoder"]
@@ -374,7 +355,7 @@ def test_rtx_builds_every_t2i_component_with_all_input_profiles(t2i_export, trt_
 
 
 def test_t2i_build_script_lists_every_input(t2i_export, tmp_path):
-    folder = _copy(t2i_export, tmp_path)
+    folder = copy_export(t2i_export, tmp_path)
     manifest = read_manifest(folder)
     text = write_build_script(folder, manifest).read_text()
     subprocess.run(["bash", "-n", str(folder / "build_engines.sh")], check=True)

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import copy_export
 
 from dcae_deploy.engines import EngineBuildError, build_engines, load_engine_info, write_build_script
 from dcae_deploy.engines import common as engines_common
@@ -47,44 +48,25 @@ VARIANT = "tiny-f32c32-sana"
 FORBIDDEN_FLAGS = ("--int8", "--fp8", "--fp16", "--bf16", "--best", "--calib")
 
 
-@pytest.fixture(scope="module")
-def int8_export(tmp_path_factory):
-    """The tiny autoencoder's decoder exported at int8 (64-256 px, batch <= 2), through the export stage."""
+def _export_decoder(tmp_path_factory, precision: str) -> Path:
+    """The tiny autoencoder's decoder exported at ``precision`` (64-256 px, batch <= 2), through the export stage."""
     from dcae_deploy.export import export_model
 
-    folder = tmp_path_factory.mktemp("export-int8")
-    export_model(VARIANT, folder, components=["decoder"], precision="int8", min_res=64, opt_res=128, max_res=256,
+    folder = tmp_path_factory.mktemp(f"export-{precision}")
+    export_model(VARIANT, folder, components=["decoder"], precision=precision, min_res=64, opt_res=128, max_res=256,
                  max_batch=2)
     return folder
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory):
+    return _export_decoder(tmp_path_factory, "int8")
 
 
 @pytest.fixture(scope="module")
 def fp8_export(tmp_path_factory):
-    """The same decoder exported at fp8 (float8 E4M3 Q/DQ)."""
-    from dcae_deploy.export import export_model
-
-    folder = tmp_path_factory.mktemp("export-fp8")
-    export_model(VARIANT, folder, components=["decoder"], precision="fp8", min_res=64, opt_res=128, max_res=256,
-                 max_batch=2)
-    return folder
-
-
-@pytest.fixture
-def trt_rtx(monkeypatch):
-    """The TensorRT-RTX module, with deserialisation made to fail the test (there is no GPU to run on)."""
-    trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx not installed")
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the engine builder must not deserialise engines (no GPU on a build machine)")
-
-    monkeypatch.setattr(trt, "Runtime", forbidden)
-    return trt
-
-
-def _copy(folder: Path, tmp_path: Path) -> Path:
-    dest = tmp_path / folder.name
-    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("engines", "*.sh", "openvino-cache"))
-    return dest
+    """float8 E4M3 Q/DQ."""
+    return _export_decoder(tmp_path_factory, "fp8")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -95,7 +77,7 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
 def test_int8_export_builds_rtx_engines(int8_export, trt_rtx, tmp_path):
     import onnx
 
-    folder = _copy(int8_export, tmp_path)
+    folder = copy_export(int8_export, tmp_path)
     manifest = read_manifest(folder)
     assert manifest.precision == "int8" and manifest.to_dict().get("quantization")
     ops = [n.op_type for n in onnx.load(str(folder / "decoder.onnx"), load_external_data=False).graph.node]
@@ -121,7 +103,7 @@ def test_int8_export_builds_rtx_engines(int8_export, trt_rtx, tmp_path):
 
 @pytest.mark.tensorrt
 def test_fp8_export_builds_rtx_engines_for_89_and_later(fp8_export, trt_rtx, tmp_path):
-    folder = _copy(fp8_export, tmp_path)
+    folder = copy_export(fp8_export, tmp_path)
     assert read_manifest(folder).precision == "fp8"
     with pytest.raises(EngineBuildError, match=r"fp8 engines need compute capability 8\.9.*lists 8\.6"):
         build_engines(folder, backend="tensorrt-rtx", compute_capability="8.6", progress=False)
@@ -181,7 +163,7 @@ def _script_flags(text: str) -> list[str]:
 
 
 def test_int8_build_script_is_strongly_typed_without_precision_flags(int8_export, tmp_path):
-    folder = _copy(int8_export, tmp_path)
+    folder = copy_export(int8_export, tmp_path)
     text = write_build_script(folder, read_manifest(folder)).read_text()
     subprocess.run(["bash", "-n", str(folder / "build_engines.sh")], check=True)
     flags = _script_flags(text)
