@@ -395,7 +395,7 @@ def _quantize(config, parts: PipelineModels, specs: list[ComponentSpec], exporte
               staging: Path, precision: str, side: int, images: str, count: int, keep_float: tuple[str, ...]):
     """Quantize the gated fp32 graphs in ``staging`` to Q/DQ graphs of the same names, calibrated on real inputs;
     gate them on the held-out inputs. Returns (components, parity records, the manifest's ``quantization``)."""
-    from dcae_deploy.export.quantize import graph_files, ort_session, quantize_graph
+    from dcae_deploy.export.quantize import graph_files, quantize_graph
 
     spec_of = {s.name: s for s in specs}
     calib = build_calibration(config, parts, spec_of, side, images, count, HELD_OUT)
@@ -412,14 +412,14 @@ def _quantize(config, parts: PipelineModels, specs: list[ComponentSpec], exporte
         files = {f.name: sha256_file(f) for f in graph_files(target)}
         extra = {k: v for k, v in component.files.items() if not k.startswith(component.file)}  # tokenizer files
         components[name] = component_record(spec_of[name], precision, component.file, {**files, **extra})
-        session = ort_session(target, precision)
+        runner = OnnxGraphRunner(target, precision)
         spec = spec_of[name]
         for feeds in calib.held_out[name]:
             expected = torch_output(config, name, parts, feeds)
-            actual = session.run([spec.output_names[0]], feeds)[0]
+            actual = runner.run(feeds)[0]
             records.append(compare(name, spec.output_names[0], np.asarray(actual, dtype=np.float32), expected, precision,
-                                   is_image=spec.image_output, runner="onnxruntime:CPUExecutionProvider (Q/DQ)"))
-        del session
+                                   is_image=spec.image_output, runner=runner.name))
+        del runner
     shutil.rmtree(fp32_dir, ignore_errors=True)
     first = next(iter(layers.values()))
     quantization = {

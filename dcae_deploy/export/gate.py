@@ -20,7 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.precisions import PRECISIONS, get_precision
+from dcae_deploy.precisions import (
+    ORT_OPTIMIZATION_LIMIT,
+    ORT_QDQ_DISABLED_OPTIMIZERS,
+    PRECISIONS,
+    get_precision,
+)
 
 REL_L2 = {name: p.rel_l2 for name, p in PRECISIONS.items()}
 MIN_IMAGE_PSNR_DB = PRECISIONS["fp16"].image_psnr_db  # fp16 / bf16 image outputs (quantized: image_psnr_limit)
@@ -137,11 +142,21 @@ def failure_message(failed: list[ParityRecord], total: int, variant: str, precis
 
 
 class OnnxGraphRunner:
-    """Runs one ONNX file on named numpy inputs; picks ONNX Runtime or the ONNX reference evaluator."""
+    """Runs one ONNX file on named numpy inputs; picks ONNX Runtime or the ONNX reference evaluator. A quantized
+    (Q/DQ) graph runs on the CPU EP with the settings its precision needs (``dcae_deploy.precisions``)."""
 
     def __init__(self, path: str | Path, precision: str) -> None:
         import onnxruntime as ort
 
+        if get_precision(precision).quantized:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            if precision in ORT_OPTIMIZATION_LIMIT:
+                options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_OPTIMIZATION_LIMIT[precision])
+            self.name = "onnxruntime:CPUExecutionProvider (Q/DQ)"
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                                 disabled_optimizers=list(ORT_QDQ_DISABLED_OPTIMIZERS))
+            return
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self.name = f"onnxruntime:{providers[0]}"
         if precision == "bf16" and providers[0] == "CPUExecutionProvider":

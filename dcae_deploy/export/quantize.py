@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dcae_deploy.errors import DcaeDeployError
-from dcae_deploy.precisions import ORT_OPTIMIZATION_LIMIT, ORT_QDQ_DISABLED_OPTIMIZERS, Precision
+from dcae_deploy.precisions import Precision
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # layers kept float by the module they come from (the exporter's name scopes): the embeddings of timestep, class,
@@ -207,17 +207,3 @@ def int8_to_fp8(model, fp32_model):
 def graph_files(target: Path) -> list[Path]:
     """The quantized graph and its external data file, if it has one."""
     return [p for p in (target, target.with_name(target.name + ".data")) if p.is_file()]
-
-
-def ort_session(path: Path, precision: str, threads: int | None = None):
-    """An ONNX Runtime CPU session of a Q/DQ graph (see ``ORT_QDQ_DISABLED_OPTIMIZERS``, ``ORT_OPTIMIZATION_LIMIT``)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if precision in ORT_OPTIMIZATION_LIMIT:
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_OPTIMIZATION_LIMIT[precision])
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(ORT_QDQ_DISABLED_OPTIMIZERS))
