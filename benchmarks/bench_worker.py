@@ -295,11 +295,12 @@ class OrtBackend(RunnerBackend):
         component = manifest.component(job["stage"])
         device = "cpu" if force_cpu or job["device"] == "cpu" else job["device"]
         settings = OrtSettings(**(job.get("ort") or {}))  # defaults: exactly what the runtime's runner uses
-        runner = OnnxRuntimeRunner(component, Path(folder) / component.file, manifest.precision, device=device,
+        precision = manifest.precision_of(component.name)
+        runner = OnnxRuntimeRunner(component, Path(folder) / component.file, precision, device=device,
                                    threads=job["threads"], settings=settings)
         super().__init__(runner, component.outputs[0].name)
         self.config = {"onnxruntime": runner.version, "providers": runner.providers,
-                       "graph": str(runner.graph), "precision": manifest.precision, **runner.report}
+                       "graph": str(runner.graph), "precision": precision, **runner.report}
 
 
 class TrtBackend(RunnerBackend):

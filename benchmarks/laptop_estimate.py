@@ -35,6 +35,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from dcae_deploy.export.quantize import INT4_BLOCK_SIZE
+
 GB = 1e9
 HEAVY = ("convolution", "mm", "bmm", "addmm", "baddbmm", "linear", "scaled_dot_product", "_flash", "_efficient")
 
@@ -79,11 +81,14 @@ def count(module: torch.nn.Module, inputs: tuple, calls: int = 1) -> dict:
     """FLOPs and bytes of ``calls`` forward passes of ``module`` (on meta) over ``inputs``."""
     params = sum(p.numel() for p in module.parameters())
     weights = sum(p.numel() * p.element_size() for p in module.parameters())
+    linear = sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+    embedding = sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Embedding))
     counter = ByteCounter()
     with torch.no_grad(), FlopCounterMode(display=False) as flops, counter:
         out = module(*inputs)
     del out
-    return {"params": params, "flops": flops.get_total_flops() * calls, "weights_bytes": weights,
+    return {"params": params, "linear_params": linear, "embedding_params": embedding,
+            "flops": flops.get_total_flops() * calls, "weights_bytes": weights,
             "heavy_bytes": counter.heavy * calls, "written_bytes": counter.written * calls,
             "live_peak_bytes": counter.peak}
 
@@ -134,8 +139,9 @@ def parse_args(argv):
                    "counts: an export folder (its manifest's files of that component: an int8 / fp8 Q/DQ graph, say), "
                    "an .onnx file (with its .data), or a TensorRT / TensorRT-RTX .plan (repeatable)")
     p.add_argument("--bytes-per-weight", action="append", default=[], metavar="STAGE=N",
-                   help="counted weights at N bytes per parameter for a stage without a file (1: int8 / fp8, 0.5: int4 "
-                   "weight-only; default 2, fp16)")
+                   help="counted weights at N bytes per parameter for a stage without a file (1: int8 / fp8; default "
+                   "2, fp16), or int4: the layout of dcae_deploy's int4 weight-only export (Linear weights int4 with a "
+                   "float32 scale per block of 32, embedding tables float16, other parameters float32)")
     return p.parse_args(argv)
 
 
@@ -166,6 +172,24 @@ def file_weight_bytes(stage: str, path: Path) -> tuple[int, str]:
         return sum(f.stat().st_size for f in files), f"{manifest['precision']} export {path.name}"
     files = [path] + ([path.with_name(path.name + ".data")] if path.with_name(path.name + ".data").is_file() else [])
     return sum(f.stat().st_size for f in files), f"{path.suffix.lstrip('.')} file {path.name}"
+
+
+INT4_BYTES = 0.5 + 4 / INT4_BLOCK_SIZE  # 4 bits a weight and a float32 scale per block
+
+
+def _number(value: str, stage: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise SystemExit(f"--bytes-per-weight {stage}={value}: expected a number of bytes or int4") from None
+
+
+def _counted_bytes(c: dict, per_weight) -> int:
+    """Weight bytes of a counted stage at ``per_weight`` bytes a parameter, or in the int4 export's layout."""
+    if per_weight != "int4":
+        return int(c["params"] * per_weight)
+    other = c["params"] - c["linear_params"] - c["embedding_params"]
+    return int(c["linear_params"] * INT4_BYTES + c["embedding_params"] * 2 + other * 4)
 
 
 def main(argv=None) -> int:
@@ -216,19 +240,23 @@ def main(argv=None) -> int:
         (f"decoder {side}px, {n_tiles} tiles of {args.tile}px", "decoder_tiled", dec_tile, n_tiles, ANCHOR_EFFICIENCY["decoder"]),
     ]
     files = {stage: Path(v) for stage, v in _stage_values(args.weights_from, "--weights-from").items()}
-    per_weight = {stage: float(v) for stage, v in _stage_values(args.bytes_per_weight, "--bytes-per-weight").items()}
+    per_weight = {stage: v if v == "int4" else _number(v, stage)
+                  for stage, v in _stage_values(args.bytes_per_weight, "--bytes-per-weight").items()}
     weight_source = {}
     for stage, keys in STAGE_KEYS.items():
         counted = {"text": text, "denoiser": step, "decoder": dec, "decoder_tiled": dec_tile}
         if stage in files:
             size, source = file_weight_bytes(stage, files[stage])
+        elif per_weight.get(stage) == "int4":
+            size, source = None, (f"int4 weight-only export layout (counted: Linear weights {INT4_BYTES:g} bytes, "
+                                  "embedding tables 2, other parameters 4)")
         elif stage in per_weight:
             size, source = None, f"{per_weight[stage]:g} bytes per parameter (counted)"
         else:
             continue
         for key in keys:
             c = counted[key]
-            new_size = size if size is not None else int(c["params"] * per_weight[stage])
+            new_size = size if size is not None else _counted_bytes(c, per_weight[stage])
             if "weights_traffic" in c:
                 c["weights_traffic"] = c["weights_traffic"] * new_size / c["weights_bytes"]
             c["weights_bytes"] = new_size

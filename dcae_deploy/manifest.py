@@ -195,9 +195,21 @@ class Manifest:
     # a variant that is not registered (a custom architecture): {"family": name, "config": config.to_dict()},
     # all that later stages need to rebuild it (the torch backend, parity); None for registered variants
     model_config: dict[str, Any] | None = None
-    # int8 / fp8 exports: how the Q/DQ graphs were made (tool, settings, quantized layers per component) and the
-    # calibration (image source, samples and held-out samples per component, where the inputs came from)
+    # quantized exports (int8 / fp8 / int4): how each Q/DQ graph was made ("components": tool, settings, quantized
+    # layers per component) and the calibration (image source, samples and held-out samples per component, where the
+    # inputs came from)
     quantization: dict[str, Any] | None = None
+    # the components exported at another precision than ``precision`` ({"text_encoder": "int4"}); empty: none
+    component_precisions: dict[str, str] = field(default_factory=dict)
+
+    def precision_of(self, name: str) -> str:
+        """The precision component ``name`` was exported at."""
+        return self.component_precisions.get(name, self.precision)
+
+    def describe_precision(self) -> str:
+        """``int8``, or with components at their own precision ``int8 (text_encoder int4)``."""
+        own = ", ".join(f"{name} {value}" for name, value in self.component_precisions.items())
+        return f"{self.precision} ({own})" if own else self.precision
 
     def component(self, name: str) -> Component:
         if name not in self.components:

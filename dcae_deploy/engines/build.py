@@ -97,7 +97,9 @@ def build_engines(
     manifest = read_manifest(folder, verify=True)
     selected = _select_components(manifest, components)
     flavour = load_flavour(backend)
-    target = resolve_target(flavour, compute_capability, manifest.precision)
+    # the target must suit every selected graph's precision: the one needing the newest GPU decides (fp8: 8.9+)
+    strictest = max((manifest.precision_of(c.name) for c in selected), key=lambda p: precision_min_cc(p) or (0, 0))
+    target = resolve_target(flavour, compute_capability, strictest)
     engine_dir = Path(output) if output is not None else folder / "engines"
     engine_dir = engine_dir / engine_folder_name(flavour, target, manifest.precision)
     cache_path = Path(timing_cache) if timing_cache is not None else None
@@ -116,11 +118,11 @@ def build_engines(
         _say(
             stream,
             f"building {component.name}: {onnx_path} -> {engine_dir}/ ({flavour.name} {flavour.version}, "
-            f"target {target.name}, {manifest.precision})",
+            f"target {target.name}, {manifest.precision_of(component.name)})",
         )
         start = time.perf_counter()
         plan, cache_bytes, strongly_typed = _build_one(
-            flavour, target, component, onnx_path, cache_bytes, manifest.precision, progress=progress,
+            flavour, target, component, onnx_path, cache_bytes, manifest.precision_of(component.name), progress=progress,
             verbose=verbose, stream=stream,
         )
         seconds = time.perf_counter() - start
@@ -389,11 +391,11 @@ def _write_engine(
         source_dir=str(folder.resolve()),
         variant=manifest.variant,
         kind=manifest.kind,
-        precision=manifest.precision,
+        precision=manifest.precision_of(component.name),
         manifest_checkpoint=manifest.checkpoint,
         manifest_sha256=manifest_sha,
         strongly_typed=strongly_typed,
-        min_compute_capability=_min_cc_text(manifest.precision),
+        min_compute_capability=_min_cc_text(manifest.precision_of(component.name)),
         backend=flavour.name,
         backend_version=flavour.version,
         target=target.name,

@@ -78,11 +78,14 @@ def render_build_script(manifest: Manifest) -> str:
         )
         for c in manifest.components.values()
     )
+    precisions = {manifest.precision_of(name) for name in manifest.components} or {precision}
+    precision = max(precisions, key=lambda p: precision_min_cc(p) or (0, 0))  # the one needing the newest GPU
     need = precision_min_cc(precision)
     lowest = f"{need[0]}.{need[1]}" if need is not None and need > (8, 6) else "8.6"
-    quantized = PRECISIONS[precision].quantized if precision in PRECISIONS else None
+    quantized = any(PRECISIONS[p].quantized for p in precisions if p in PRECISIONS)
     precision_note = (
-        f"# The graphs are float32 with QuantizeLinear/DequantizeLinear pairs ({precision}, explicit quantization:\n"
+        f"# The graphs are float32 with QuantizeLinear/DequantizeLinear pairs ({manifest.describe_precision()}, "
+        "explicit quantization:\n"
         "# the scales are in the graph): no calibration (--calib) and, strongly typed, no --int8 / --fp8 either.\n"
         if quantized else ""
     )
@@ -114,7 +117,7 @@ def render_build_script(manifest: Manifest) -> str:
         for c in manifest.components.values()
     )
     return f"""#!/usr/bin/env bash
-# Build TensorRT engines for this export ({manifest.variant}, {manifest.kind}, {precision}) with NVIDIA's
+# Build TensorRT engines for this export ({manifest.variant}, {manifest.kind}, {manifest.describe_precision()}) with NVIDIA's
 # command-line tools. Written by dcae_deploy from manifest.json: the same ONNX files and optimisation
 # profiles as `python -m dcae_deploy.engines build <this folder>`:
 {profiles}

@@ -278,7 +278,7 @@ def open_generator(args, device: str, batch_size: int) -> Generator:
         pipe = TextToImage(artifacts, open_backend(args.backend, artifacts, options), progress=False)
         weights = artifacts.manifest.checkpoint or "random weights (rebuilt with the exporter's seed 0)"
         return Generator(pipe, {"kind": "export", "artifacts": str(artifacts.folder), "variant": artifacts.variant,
-                                "backend": args.backend, "precision": artifacts.precision, "weights": str(weights)})
+                                "backend": args.backend, "precision": artifacts.manifest.describe_precision(), "weights": str(weights)})
     from dcae_deploy.runtime.eager import open_pytorch
 
     variant = _checkpoint_variant(args)

@@ -95,6 +95,7 @@ def export_model(
     calibration_images: str | Path | None = None,
     calibration_samples: int = DEFAULT_SAMPLES,
     keep_float: tuple[str, ...] = (),
+    component_precisions: dict[str, str] | None = None,
 ) -> Manifest:
     """Export ``components`` of ``variant`` to ONNX in ``output_dir``, run the parity gate, write the manifest.
 
@@ -120,6 +121,9 @@ def export_model(
             last two are held out for the gate.
         keep_float: quantized precisions: more layers to keep float, by module path (``conv_point`` keeps every
             GLUMBConv output projection float); added to :data:`dcae_deploy.export.quantize.FLOAT_SCOPES`.
+        component_precisions: component -> precision, for the components whose precision differs from
+            ``precision`` (``{"text_encoder": "int4"}``: Gemma-2 as int4 weights beside an int8 denoiser and
+            decoder); the manifest records them (``Manifest.precision_of``).
         min_res, opt_res, max_res, max_batch: the shape profile in image pixels. Defaults to 256/512/1024/4
             (a pipeline: its own image size as the optimum).
 
@@ -130,12 +134,14 @@ def export_model(
     """
     config = get_variant(variant) if isinstance(variant, str) else variant
     names = component_names(config, components)
-    quantized = get_precision(precision).quantized is not None
+    own = _component_precisions(component_precisions, names, precision)
+    precision_of = {name: own.get(name, precision) for name in names}
+    quantized = [name for name in names if get_precision(precision_of[name]).quantized]
     if quantized:
         calibration_images = check_calibration_images(calibration_images)
         _check_samples(calibration_samples)
     elif keep_float:
-        raise DcaeDeployError(f"--keep-float applies to quantized precisions (int8, fp8), not {precision}")
+        raise DcaeDeployError(f"--keep-float applies to quantized precisions (int8, fp8, int4), not {precision}")
     res = default_resolution(config, min_res, opt_res, max_res, max_batch)
     res.validate(image_ratio(config))
     check_profile_size(config, names, res)  # before the folder, the checkpoint or any graph
@@ -153,23 +159,30 @@ def export_model(
         exported, records = {}, []
         readers = text_components(config, names)  # the graphs whose inputs come from the tokenizer
         tokenizer_files, tokenizer_path = _save_tokenizer(parts, staging) if readers else ({}, None)
-        graph_precision = "fp32" if quantized else precision  # a Q/DQ graph starts as a gated fp32 graph
         for spec in specs:
             extra = tokenizer_files if spec.name in readers else {}
+            # a Q/DQ graph starts as a gated fp32 graph
+            graph_precision = "fp32" if spec.name in quantized else precision_of[spec.name]
             exported[spec.name] = _export_component(parts, spec, graph_precision, staging, extra, verbose)
             records += _parity(parts, spec, graph_precision, staging, source, modules)
         failed = [r for r in records if not r.passed]
         report = {"variant": config.name, "precision": precision, "passed": not failed,
                   "records": [r.to_dict() for r in records]}
+        if own:
+            report["component_precisions"] = own
         log("parity against PyTorch fp32:\n" + summarize(records))
         quantization = None
         if quantized and not failed:
             report["fp32_graph_records"] = report["records"]
-            exported, records, quantization = _quantize(config, parts, specs, exported, staging, precision, res.opt_res,
-                                                        calibration_images, calibration_samples, tuple(keep_float))
+            requantized, new_records, quantization = _quantize(
+                config, parts, [s for s in specs if s.name in quantized], exported, staging, precision_of,
+                res.opt_res, calibration_images, calibration_samples, tuple(keep_float))
+            exported.update(requantized)
+            records = [r for r in records if r.component not in quantized] + new_records
             failed = [r for r in records if not r.passed]
             report.update(passed=not failed, records=[r.to_dict() for r in records])
-            log(f"parity of the {precision} graphs against PyTorch fp32 on held-out real inputs:\n" + summarize(records))
+            log("parity of the quantized graphs against PyTorch fp32 on held-out real inputs:\n"
+                + summarize(new_records))
         if failed:
             write_json(output_dir / FAILED_PARITY_FILE, report)
             note = overflow_note(modules, precision)
@@ -191,6 +204,7 @@ def export_model(
             pipeline=pipeline_section(config, parts, parts.tokenizer, tokenizer_path),
             model_config=describe_config(config),
             quantization=quantization,
+            component_precisions=own,
         )
         # Commit. Without its manifest the folder is no export (the runtime refuses it), so removing the previous
         # one first means a kill from here on leaves an incomplete folder that says so, never old metadata
@@ -385,6 +399,19 @@ def _parity(parts: PipelineModels, spec: ComponentSpec, precision: str, staging:
     return records
 
 
+def _component_precisions(requested: dict[str, str] | None, names: list[str], precision: str) -> dict[str, str]:
+    """The components whose precision differs from ``precision`` (checked: exported components, known precisions)."""
+    own = {}
+    for name, value in (requested or {}).items():
+        if name not in names:
+            raise DcaeDeployError(f"--component-precision names {name!r}, which this export does not write; its "
+                                  f"components are {', '.join(names)}")
+        get_precision(value)
+        if value != precision:
+            own[name] = value
+    return own
+
+
 def _check_samples(count) -> None:
     if isinstance(count, bool) or not isinstance(count, int) or not HELD_OUT + 1 <= count <= 1000:
         raise DcaeDeployError(f"--calibration-samples must be a whole number from {HELD_OUT + 1} to 1000 (the last "
@@ -392,9 +419,11 @@ def _check_samples(count) -> None:
 
 
 def _quantize(config, parts: PipelineModels, specs: list[ComponentSpec], exported: dict[str, Component],
-              staging: Path, precision: str, side: int, images: str, count: int, keep_float: tuple[str, ...]):
-    """Quantize the gated fp32 graphs in ``staging`` to Q/DQ graphs of the same names, calibrated on real inputs;
-    gate them on the held-out inputs. Returns (components, parity records, the manifest's ``quantization``)."""
+              staging: Path, precision_of: dict[str, str], side: int, images: str, count: int,
+              keep_float: tuple[str, ...]):
+    """Quantize the gated fp32 graphs of ``specs`` in ``staging`` to Q/DQ graphs of the same names (each at its
+    precision), calibrated on real inputs; gate them on the held-out inputs. Returns (their components, their parity
+    records, the manifest's ``quantization``)."""
     from dcae_deploy.export.quantize import graph_files, quantize_graph
 
     spec_of = {s.name: s for s in specs}
@@ -402,7 +431,8 @@ def _quantize(config, parts: PipelineModels, specs: list[ComponentSpec], exporte
     fp32_dir = staging / "fp32"
     fp32_dir.mkdir()
     components, records, layers = {}, [], {}
-    for name, component in exported.items():
+    for name in spec_of:
+        component, precision = exported[name], precision_of[name]
         for file in component.files:
             if (staging / file).is_file() and file.startswith(component.file):  # the graph and its external data
                 (staging / file).replace(fp32_dir / file)
@@ -421,13 +451,8 @@ def _quantize(config, parts: PipelineModels, specs: list[ComponentSpec], exporte
                                    is_image=spec.image_output, runner=runner.name))
         del runner
     shutil.rmtree(fp32_dir, ignore_errors=True)
-    first = next(iter(layers.values()))
-    quantization = {
-        "precision": precision,
-        **{k: v for k, v in first.items() if k != "quantized_layers"},
-        "quantized_layers": {name: info["quantized_layers"] for name, info in layers.items()},
-        "calibration": calib.describe(),
-    }
+    # weight-only components (int4) use only their held-out inputs, for the gate
+    quantization = {"components": layers, "calibration": calib.describe()}
     return components, records, quantization
 
 

@@ -40,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         "decoding of large images (the decoder split before its high-resolution, purely local stages)",
     )
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="fp32 / fp16 / bf16 graphs, or int8 / fp8 Q/DQ graphs calibrated on real inputs (fp8: TensorRT "
-                   "on compute capability 8.9+); tolerances in the README's export section")
+                   help="fp32 / fp16 / bf16 graphs, int8 / fp8 Q/DQ graphs calibrated on real inputs (fp8: TensorRT "
+                   "on compute capability 8.9+), or int4 weight-only (transformer text encoders); tolerances in the "
+                   "README's export section")
+    p.add_argument("--component-precision", default=None, metavar="COMPONENT=PRECISION[,...]",
+                   help="components exported at another precision than --precision, e.g. text_encoder=int4 (Gemma-2 "
+                   "as int4 weights, a quarter of its fp16 memory, beside an int8 or fp16 denoiser and decoder)")
     p.add_argument("--calibration-images", default=None, metavar="FOLDER|photos|shapes|auto",
                    help="int8 / fp8: the images the encoder and decoder are calibrated on (their latents for the "
                    "decoder): a folder of images, the scikit-image photographs, the demo's shapes, or auto (default: "
@@ -76,6 +80,20 @@ def _model(model: str, override: str | None):
     return model
 
 
+def _component_precisions(text: str | None) -> dict[str, str]:
+    """``text_encoder=int4,denoiser=fp16`` -> {"text_encoder": "int4", "denoiser": "fp16"}."""
+    from dcae_deploy.errors import DcaeDeployError
+
+    pairs = {}
+    for item in (x.strip() for x in (text or "").split(",") if x.strip()):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise DcaeDeployError(f"--component-precision takes COMPONENT=PRECISION pairs (text_encoder=int4), "
+                                  f"got {item!r}")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     from dcae_deploy.export import export_model
 
@@ -94,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         verbose=args.verbose,
         calibration_images=args.calibration_images,
         keep_float=tuple(x.strip() for x in args.keep_float.split(",") if x.strip()) if args.keep_float else (),
+        component_precisions=_component_precisions(args.component_precision),
         **({} if args.calibration_samples is None else {"calibration_samples": args.calibration_samples}),
     )
     return 0

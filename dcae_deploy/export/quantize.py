@@ -10,6 +10,11 @@ into int8 (its low-precision transformations). Settings, chosen for TensorRT:
 * only layers with weights are quantized (Conv, MatMul and Gemm against an initializer): linear attention's
   activation-by-activation MatMuls, normalisations, softmax and every other op stay float32 islands.
 
+int4 is weight-only (:func:`quantize_weights_int4`): ONNX Runtime's block-wise weight quantizer writes each MatMul
+weight as int4 blocks of 32 input channels behind a DequantizeLinear (opset 21 block quantization, which TensorRT
+and TensorRT-RTX read as weight-only int4, ONNX Runtime fuses into its MatMulNBits kernel and OpenVINO into its
+compressed-weight MatMul), and the embedding tables float16 (:func:`compress_embeddings`).
+
 NVIDIA ModelOpt's ONNX PTQ writes the same format but pins onnxruntime-gpu and an older onnx; ONNX Runtime's
 quantizer ships with the onnxruntime this package already needs.
 """
@@ -34,6 +39,7 @@ QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # OpenVINO 2026.4's low-precision transformations return NaN (demo denoiser; ONNX Runtime is right, within 0.04 of
 # fp32); with the value projection float OpenVINO and ONNX Runtime agree to 1e-4.
 FLOAT_SCOPES = ("embed", "caption_projection", "proj_out", "final_layer", "decoder_pred", "attn1.to_v")
+INT8_MAX = 127.0
 EXTERNAL_DATA_BYTES = 1_800_000_000  # past this, the quantized graph keeps its weights in a .data file (protobuf 2 GB)
 
 
@@ -83,12 +89,15 @@ class _Reader:
 
 def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]], precision: Precision,
                    component: str, keep_float: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Write the Q/DQ graph of ``source`` to ``target`` calibrated on ``feeds``; return what was done (manifest).
+    """Write the Q/DQ graph of ``source`` to ``target`` calibrated on ``feeds`` (unused by weight-only precisions);
+    return what was done (the manifest's record).
 
     fp8 starts as the int8 graph (min/max calibration) and rescales every pair to E4M3 (:func:`int8_to_fp8`):
     ONNX Runtime's own fp8 recipe sets scales from each tensor's standard deviation rather than its range, and its
     graphs miss the gate by far (tiny autoencoder decoder, held-out photographs: 13.7 dB).
     """
+    if precision.weight_only:
+        return quantize_weights_int4(source, target, component, keep_float)
     import onnx
     import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -125,6 +134,7 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]
         onnx.save(converted, str(target), save_as_external_data=external, location=target.name + ".data")
     log(f"{component}: quantized in {time.perf_counter() - start:.1f} s")
     return {
+        "precision": precision.name,
         "tool": f"onnxruntime.quantization.quantize_static {onnxruntime.__version__}"
                 + (" (int8), rescaled to float8 E4M3 by dcae_deploy.export.quantize.int8_to_fp8" if fp8 else ""),
         "format": "QDQ",
@@ -137,8 +147,105 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]
     }
 
 
+INT4_BLOCK_SIZE = 32  # input channels per int4 scale (ONNX Runtime GenAI's CPU default; 128 cost the demo's text
+# encoder 0.068 relative L2 of its embeddings against 0.060 at 32, for 0.53 instead of 0.625 bytes a weight)
+
+
+def quantize_weights_int4(source: Path, target: Path, component: str, keep_float: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Weight-only int4: ONNX Runtime's ``MatMulNBitsQuantizer`` (round to nearest, symmetric, blocks of
+    :data:`INT4_BLOCK_SIZE`, Q/DQ format) on the MatMuls with weights outside :data:`FLOAT_SCOPES` / ``keep_float``,
+    then :func:`compress_embeddings`."""
+    import logging
+
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    model = onnx.load(str(source))
+    chosen, kept_float = weighted_nodes(model, keep_float)
+    matmuls = {n.name for n in model.graph.node if n.op_type == "MatMul"}
+    nodes = [name for name in chosen if name in matmuls]
+    if not nodes:
+        raise DcaeDeployError(f"{component}: the graph has no MatMul with weights for int4 weight-only quantization "
+                              "(int4 is for transformer text encoders); export it with another precision")
+    start = time.perf_counter()
+    log(f"{component}: int4 weight-only quantization of {len(nodes)} MatMul weights (blocks of {INT4_BLOCK_SIZE}, "
+        f"ONNX Runtime {onnxruntime.__version__}) ...")
+    config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK_SIZE, is_symmetric=True, quant_format=QuantFormat.QDQ,
+                                          op_types_to_quantize=("MatMul",))
+    quiet = logging.getLogger("onnxruntime.quantization")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # it logs every node it visits at INFO
+    try:
+        quantizer = MatMulNBitsQuantizer(model, nodes_to_include=nodes, algo_config=config)
+        quantizer.process()
+    except Exception as exc:  # the quantizer raises plain ValueError / AssertionError
+        raise DcaeDeployError(f"{component}: ONNX Runtime's weight quantizer failed ({type(exc).__name__}: {exc})") from exc
+    finally:
+        quiet.setLevel(level)
+    quantized = quantizer.model.model
+    tables = compress_embeddings(quantized)
+    size = sum(i.ByteSize() for i in quantized.graph.initializer)
+    onnx.save(quantized, str(target), save_as_external_data=size > EXTERNAL_DATA_BYTES, location=target.name + ".data")
+    log(f"{component}: int4 weights in {time.perf_counter() - start:.1f} s ({len(tables)} embedding tables float16)")
+    return {
+        "precision": "int4",
+        "tool": f"onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer {onnxruntime.__version__} "
+                "(int4), embedding tables float16 (dcae_deploy.export.quantize.compress_embeddings)",
+        "format": "QDQ",
+        "activations": "float32 (weight-only)",
+        "weights": f"MatMul: int4 symmetric, blocks of {INT4_BLOCK_SIZE} input channels, round to nearest; "
+                   "embedding tables: float16",
+        "quantized_layers": len(nodes),
+        "float_layers": kept_float + len(chosen) - len(nodes),
+        "float_islands": "every op but MatMul with weights and embedding lookups, and the weighted layers of "
+                         f"{', '.join(FLOAT_SCOPES + tuple(keep_float))}",
+    }
+
+
+def compress_embeddings(model) -> list[str]:
+    """Store every float32 embedding table (the data input of a Gather, e.g. on token ids) in float16, in place:
+    ``Gather(table, ids)`` becomes ``Cast(Gather(table_fp16, ids), float32)``, half the memory (Gemma-2-2B: 590 M of
+    its 2.6 B weights, 2.4 GB in float32) in standard ops every runtime runs as they are. Returns the tables' names.
+
+    Not int8 rows: no one form runs well everywhere. TensorRT refuses an int8 constant that does not feed a
+    DequantizeLinear, and ONNX Runtime (1.32, CPU) dequantizes a ``DequantizeLinear -> Gather`` table whole on every
+    call (a 64000 x 2304 table: 84 ms and 470 MB more per call; measured with a scratch script, not in the
+    repository)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    compressed, nodes = [], []
+    for node in graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if (table is None or table.data_type != onnx.TensorProto.FLOAT or len(table.dims) != 2
+                or uses[table.name] > 1 or table.name in outputs):
+            nodes.append(node)
+            continue
+        half = numpy_helper.to_array(table).astype(np.float16)
+        graph.initializer.remove(table)
+        graph.initializer.append(numpy_helper.from_array(half, f"{table.name}_fp16"))
+        out = node.output[0]
+        gather = helper.make_node("Gather", [f"{table.name}_fp16", node.input[1]], [f"{out}_fp16"],
+                                  name=f"{node.name}_fp16")
+        gather.attribute.extend(node.attribute)
+        nodes += [gather, helper.make_node("Cast", [f"{out}_fp16"], [out], name=f"{node.name}_to_float",
+                                           to=onnx.TensorProto.FLOAT)]
+        compressed.append(table.name)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return compressed
+
+
 FP8_MAX = 448.0  # the largest float8 E4M3FN value
-INT8_MAX = 127.0
 
 
 def int8_to_fp8(model, fp32_model):

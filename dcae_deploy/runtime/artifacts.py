@@ -54,6 +54,10 @@ class Artifacts:
     def precision(self) -> str:
         return self.manifest.precision
 
+    def precision_of(self, component: str) -> str:
+        """The precision ``component`` was exported at (an export may give its text encoder int4 weights)."""
+        return self.manifest.precision_of(component)
+
     @property
     def variant(self) -> str:
         return self.manifest.variant

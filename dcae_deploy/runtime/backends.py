@@ -141,7 +141,7 @@ class OnnxRuntimeBackend(Backend):
         from dcae_deploy.runtime.runners.onnxruntime import OnnxRuntimeRunner
 
         a = self.artifacts
-        return OnnxRuntimeRunner(a.component(component), a.graph_path(component), a.precision,
+        return OnnxRuntimeRunner(a.component(component), a.graph_path(component), a.precision_of(component),
                                  device=self.options.device, threads=self.options.threads)
 
 
@@ -291,7 +291,8 @@ def _auto_openvino_cpu(artifacts: Artifacts, options: BackendOptions) -> tuple[B
         return "openvino is not installed (`pip install openvino`)"
     # f32 explicitly (None means f32 on the CPU too): OpenVINO's own CPU default is bf16 where the CPU has it, which
     # misses the fp32 gate; a quantized graph keeps its int8/fp8 ops and computes its float parts in f32
-    floats = " for the float parts" if artifacts.precision in QUANTIZED else ""
+    quantized = any(artifacts.precision_of(name) in QUANTIZED for name in artifacts.manifest.components)
+    floats = " for the float parts" if quantized else ""
     return (replace(options, ov_device="CPU", ov_precision="f32"),
             f"openvino on CPU (f32 inference precision{floats}): fastest installed CPU backend that meets the "
             f"export's {artifacts.precision} gate")

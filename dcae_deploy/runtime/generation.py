@@ -317,7 +317,7 @@ class TextToImage:
             component = manifest.component(stage)
             if any(t.dtype == "float16" for t in (*component.inputs, *component.outputs)):
                 return "fp16"
-        return self.artifacts.precision
+        return self.artifacts.precision_of(stage) if stage in manifest.components else self.artifacts.precision
 
     # --- the stages ---------------------------------------------------------------------------
 

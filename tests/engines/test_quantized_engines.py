@@ -119,6 +119,26 @@ def test_fp8_export_builds_rtx_engines_for_89_and_later(fp8_export, trt_rtx, tmp
     assert "engines/tensorrt_rtx-fp8/decoder.plan" in text and "RTX_COMPUTE_CAPABILITIES lists" in text
 
 
+@pytest.mark.tensorrt
+def test_int4_text_encoder_builds_rtx_engines_beside_an_int8_export(trt_rtx, tmp_path):
+    """An int8 export whose text encoder is int4 weight-only (block-quantized DequantizeLinear, opset 21): each plan
+    is built and recorded at its component's precision, in the export's ``-int8`` folder; the script says both."""
+    from dcae_deploy.export import export_model
+    from dcae_deploy.shipped_demo import demo_folder
+
+    folder = tmp_path / "demo"
+    export_model("demo", folder, checkpoint=demo_folder(), components=["text_encoder", "decoder"], precision="int8",
+                 component_precisions={"text_encoder": "int4"}, calibration_samples=4, min_res=128, opt_res=128,
+                 max_res=128, max_batch=2)
+    infos = build_engines(folder, backend="tensorrt-rtx", progress=False)
+    assert {name: info.precision for name, info in infos.items()} == {"text_encoder": "int4", "decoder": "int8"}
+    assert infos["text_encoder"].plan_path.parent.name == f"tensorrt-rtx-{trt_rtx.__version__}-sm86+-int8"
+    sidecar = json.loads(infos["text_encoder"].plan_path.with_suffix(".json").read_text())
+    assert sidecar["strongly_typed"] is True and sidecar["precision"] == "int4"
+    text = (folder / "build_engines.sh").read_text()
+    assert "int8 (text_encoder int4)" in text and "--stronglyTyped" in _script_flags(text)
+
+
 def test_runtime_finds_int8_and_fp8_engine_folders(tmp_path):
     from dcae_deploy.runtime.artifacts import Artifacts
     from dcae_deploy.runtime.backends import find_engine_dir

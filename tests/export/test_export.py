@@ -103,7 +103,7 @@ def test_parity_failure_is_an_error_and_keeps_no_graphs(tmp_path, monkeypatch):
         (dict(max_batch=0), DcaeDeployError, "--max-batch must be between 1 and 64"),
         (dict(max_res=256.0), DcaeDeployError, "--max-res must be a whole number, got 256.0"),
         (dict(max_res=2**20), DcaeDeployError, "profile too large for TensorRT.*2,147,483,647 elements per tensor"),
-        (dict(precision="int4"), DcaeDeployError, "unknown precision 'int4'"),
+        (dict(precision="int3"), DcaeDeployError, "unknown precision 'int3'"),
     ],
 )
 def test_bad_arguments(kwargs, error, message, tmp_path):

@@ -54,8 +54,9 @@ def test_quantized_export_passes_its_gate_and_records_how(quantized, precision, 
     assert manifest["precision"] == precision
     assert manifest["components"]["decoder"]["inputs"][0]["dtype"] == "float32"  # Q/DQ graphs take float32
     q = manifest["quantization"]
-    assert q["precision"] == precision and q["format"] == "QDQ"
-    assert q["quantized_layers"]["decoder"] > 10 and q["quantized_layers"]["encoder"] > 10
+    assert {name: c["precision"] for name, c in q["components"].items()} == {"encoder": precision, "decoder": precision}
+    assert all(c["format"] == "QDQ" and c["quantized_layers"] > 10 for c in q["components"].values())
+    assert manifest["component_precisions"] == {}
     calibration = q["calibration"]["components"]["decoder"]
     assert (calibration["samples"], calibration["held_out"]) == (4, 2)
     assert q["calibration"]["images"] == "photos"
