@@ -4,12 +4,12 @@
 
     python benchmarks/bench_pipeline.py --artifacts fp32=EXPORT_FP32 --artifacts int8=EXPORT_INT8 \\
         --runs onnxruntime@fp32,openvino@fp32,openvino-defaults@fp32,onnxruntime@int8,openvino@int8 \\
-        --prompt "a photograph of a red fox in the snow" --steps 20 --threads 2 --out benchmarks/results/pipeline-cpu
+        --prompt "a photograph of a red fox in the snow" --steps 20 --resolution 512 --threads 2 --out benchmarks/results/pipeline-cpu
 
 Each run (``BACKEND@EXPORT``) is a fresh process: it opens the export on the backend (``openvino-defaults`` is
 OpenVINO with its own inference precision, the peer's way; ``openvino`` computes f32), generates once untimed at 2
-steps (graph compilation, first-run allocations), then times ``--repeats`` generations of ``--steps`` steps at the
-export's image size: text encoding, every denoiser step, decoding, the scheduler and the conversion to uint8, what
+steps (graph compilation, first-run allocations), then times ``--repeats`` generations of ``--steps`` steps at
+``--resolution`` (default: the pipeline's size): text encoding, every denoiser step, decoding, the scheduler and the conversion to uint8, what
 ``python -m dcae_deploy.generate`` does after loading. The first run is the reference: the table gives each run's
 median seconds, its speed relative to the reference, and the PSNR of its image against the reference's (same seed).
 """
@@ -43,6 +43,8 @@ def parse_args(argv):
     p.add_argument("--prompt", default="a photograph of a red fox in the snow")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--resolution", type=int, default=None,
+                   help="image side in pixels (default: the pipeline's own size, which the export's profile must hold)")
     p.add_argument("--repeats", type=int, default=1, help="timed generations per run (median reported)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
@@ -61,7 +63,7 @@ def worker(job: dict) -> dict:
     options = BackendOptions(device="cpu", threads=job["threads"], **extra)
     start = time.perf_counter()
     with TextToImage.open(job["folder"], backend=backend, options=options, progress=False) as pipe:
-        request = dict(prompts=(job["prompt"],), seed=job["seed"])
+        request = dict(prompts=(job["prompt"],), seed=job["seed"], height=job["resolution"], width=job["resolution"])
         pipe.generate(GenerationConfig(**request, steps=2))  # untimed: compilation and first-run allocations
         warm = time.perf_counter() - start
         seconds, result = [], None
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
     for run in runs:
         backend, _, name = run.partition("@")
         job = {"backend": backend, "folder": folders[name], "prompt": args.prompt, "seed": args.seed,
-               "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
+               "steps": args.steps, "repeats": args.repeats, "threads": args.threads, "resolution": args.resolution,
                "image": str(out / f"{backend}-{name}.npy")}
         print(f"[bench_pipeline] {run}: {args.steps} steps x {args.repeats} ...", file=sys.stderr, flush=True)
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
