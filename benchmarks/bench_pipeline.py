@@ -78,8 +78,10 @@ def worker(job: dict) -> dict:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    """PSNR of two uint8 images: the gate's :func:`~dcae_deploy.export.gate.psnr_db` on them mapped to [-1, 1]."""
+    from dcae_deploy.export.gate import psnr_db
+
+    return psnr_db(a / 127.5 - 1, b / 127.5 - 1)
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dcae_deploy.manifest import read_manifest  # noqa: E402
-from dcae_deploy.specs import NUMPY_DTYPES  # noqa: E402
 
 
 def parse_args(argv):
@@ -52,7 +51,7 @@ def seeded_inputs(component) -> dict[str, np.ndarray]:
     for tensor in component.inputs:
         shape = component.profiles[tensor.name].opt if tensor.name in component.profiles else tuple(
             d if isinstance(d, int) else 1 for d in tensor.shape)
-        dtype = np.dtype(NUMPY_DTYPES.get(tensor.dtype, tensor.dtype)) if tensor.dtype != "bfloat16" else np.float32
+        dtype = np.dtype("float32" if tensor.dtype == "bfloat16" else tensor.dtype)  # numpy has no bfloat16
         feeds[tensor.name] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
                               else np.ones(shape, dtype))
     return feeds

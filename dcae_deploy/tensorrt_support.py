@@ -345,6 +345,12 @@ def precision_min_cc(precision: str) -> tuple[int, int] | None:
     return PRECISION_MIN_COMPUTE_CAPABILITY.get(precision)
 
 
+def strictest_precision(precisions: Iterable[str]) -> str:
+    """Of an export's component precisions, the one whose engines need the newest GPU (``fp8`` over ``int8``): it
+    decides the build target of all of them."""
+    return max(precisions, key=lambda p: precision_min_cc(p) or (0, 0))
+
+
 def precision_cc_problem(precision: str, compute_capabilities: Iterable[tuple[int, int]], where: str) -> str | None:
     """Why engines of ``precision`` cannot be for ``compute_capabilities``; None if they can.
 

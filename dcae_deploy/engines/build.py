@@ -57,7 +57,14 @@ from dcae_deploy.engines.common import (
 )
 from dcae_deploy.engines.sidecar import list_engine_dirs
 from dcae_deploy.manifest import Component, Manifest, read_manifest, sha256_file
-from dcae_deploy.tensorrt_support import PLAN_SUFFIX, SIDECAR_SUFFIX, EngineInfo, precision_min_cc, stale_engines
+from dcae_deploy.tensorrt_support import (
+    PLAN_SUFFIX,
+    SIDECAR_SUFFIX,
+    EngineInfo,
+    precision_min_cc,
+    stale_engines,
+    strictest_precision,
+)
 
 _STATUS_WIDTH = 100  # characters of the in-place progress line on a terminal
 # Enough of the backend's error log to explain a failed build without flooding the terminal.
@@ -98,7 +105,7 @@ def build_engines(
     selected = _select_components(manifest, components)
     flavour = load_flavour(backend)
     # the target must suit every selected graph's precision: the one needing the newest GPU decides (fp8: 8.9+)
-    strictest = max((manifest.precision_of(c.name) for c in selected), key=lambda p: precision_min_cc(p) or (0, 0))
+    strictest = strictest_precision(manifest.precision_of(c.name) for c in selected)
     target = resolve_target(flavour, compute_capability, strictest)
     engine_dir = Path(output) if output is not None else folder / "engines"
     engine_dir = engine_dir / engine_folder_name(flavour, target, manifest.precision)

@@ -20,7 +20,7 @@ from dcae_deploy.checkpoints import atomic_write
 from dcae_deploy.engines.common import portable_target
 from dcae_deploy.manifest import Component, Manifest
 from dcae_deploy.precisions import PRECISIONS
-from dcae_deploy.tensorrt_support import precision_min_cc
+from dcae_deploy.tensorrt_support import precision_min_cc, strictest_precision
 
 SCRIPT_NAME = "build_engines.sh"
 
@@ -79,7 +79,7 @@ def render_build_script(manifest: Manifest) -> str:
         for c in manifest.components.values()
     )
     precisions = {manifest.precision_of(name) for name in manifest.components} or {precision}
-    precision = max(precisions, key=lambda p: precision_min_cc(p) or (0, 0))  # the one needing the newest GPU
+    precision = strictest_precision(precisions)
     need = precision_min_cc(precision)
     lowest = f"{need[0]}.{need[1]}" if need is not None and need > (8, 6) else "8.6"
     quantized = any(PRECISIONS[p].quantized for p in precisions if p in PRECISIONS)

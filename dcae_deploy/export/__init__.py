@@ -47,7 +47,7 @@ from dcae_deploy.family import component_names, describe_config, image_ratio, ro
 from dcae_deploy.manifest import MANIFEST_FILE, Component, Manifest, sha256_file, write_manifest
 from dcae_deploy.models.pipeline import PipelineModels, build_parts, load_parts
 from dcae_deploy.precisions import PRECISIONS as ALL_PRECISIONS
-from dcae_deploy.precisions import get_precision
+from dcae_deploy.precisions import QUANTIZED, get_precision
 from dcae_deploy.registry import get_variant
 from dcae_deploy.specs import (
     DEFAULT_RESOLUTION,
@@ -141,7 +141,7 @@ def export_model(
         calibration_images = check_calibration_images(calibration_images)
         _check_samples(calibration_samples)
     elif keep_float:
-        raise DcaeDeployError(f"--keep-float applies to quantized precisions (int8, fp8, int4), not {precision}")
+        raise DcaeDeployError(f"--keep-float applies to quantized precisions ({', '.join(QUANTIZED)}), not {precision}")
     res = default_resolution(config, min_res, opt_res, max_res, max_batch)
     res.validate(image_ratio(config))
     check_profile_size(config, names, res)  # before the folder, the checkpoint or any graph
