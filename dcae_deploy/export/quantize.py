@@ -148,7 +148,8 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict[str, np.ndarray]
 
 
 INT4_BLOCK_SIZE = 32  # input channels per int4 scale (ONNX Runtime GenAI's CPU default; 128 cost the demo's text
-# encoder 0.068 relative L2 of its embeddings against 0.060 at 32, for 0.53 instead of 0.625 bytes a weight)
+# encoder 0.068 relative L2 of its embeddings against 0.060 at 32 in a scratch comparison not in the repository, for
+# 0.53 instead of 0.625 bytes a weight)
 
 
 def quantize_weights_int4(source: Path, target: Path, component: str, keep_float: tuple[str, ...] = ()) -> dict[str, Any]:
